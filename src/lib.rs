@@ -1,0 +1,4 @@
+//! miochat: a real-time chat server and terminal client on a hand-rolled
+//! `mio` event loop.
+
+pub mod protocol;

@@ -1,0 +1,518 @@
+//! The wire protocol of `../shared/PROTOCOL.md`: the messages clients send,
+//! the messages the server answers with, and the rules for names and text.
+//!
+//! Both the server and the line client use these types, so the two can never
+//! disagree about a field name. Everything here is pure: no sockets, no clock.
+
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::de::{self, IgnoredAny};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// What the server calls itself in `welcome`; clients may show it.
+pub const SERVER_ID: &str = concat!("mioserver/", env!("CARGO_PKG_VERSION"));
+
+/// The longest name, in characters: long enough for real names and
+/// nicknames, short enough to keep a chat line readable.
+pub const MAX_NAME_CHARS: usize = 32;
+
+/// A request from a client, parsed and type-checked but not yet validated
+/// against the room (names and text are checked by the room).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Enter the room under `name`; `since` asks for history after that id.
+    Join { name: String, since: Option<u64> },
+    /// A public message.
+    Say { text: String },
+    /// A private message to one user.
+    Dm { to: String, text: String },
+    /// Ask for the users online.
+    Who,
+    /// Change one's name.
+    Nick { name: String },
+}
+
+/// Why a text frame is not a [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseError {
+    /// The frame is not a JSON object at all. The server answers
+    /// `invalid_json`, or (for a connection's first frame) switches to
+    /// plain-text mode.
+    NotAnObject,
+    /// A JSON object whose fields do not fit its `type`: a missing field,
+    /// a wrong field type. The caller answers `invalid_json`.
+    Invalid(String),
+    /// A JSON object whose `type` is missing or not one we know. The caller
+    /// answers `unknown_type`.
+    UnknownType(String),
+}
+
+impl ParseError {
+    /// The error code the client is told.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ParseError::NotAnObject | ParseError::Invalid(_) => ErrorCode::InvalidJson,
+            ParseError::UnknownType(_) => ErrorCode::UnknownType,
+        }
+    }
+
+    /// A sentence for the `message` field of the error.
+    pub fn describe(&self) -> String {
+        match self {
+            ParseError::NotAnObject => "expected one JSON object per text frame".to_owned(),
+            ParseError::Invalid(detail) => format!("malformed request: {detail}"),
+            ParseError::UnknownType(kind) if kind.is_empty() => {
+                "the request has no \"type\" field".to_owned()
+            }
+            ParseError::UnknownType(kind) => format!("unknown request type {kind:?}"),
+        }
+    }
+}
+
+/// Parses one text frame into a [`Request`].
+///
+/// Parsing happens in two steps so that the error is precise: first only the
+/// `type` is read (every other field is skipped), then the fields of that
+/// type. Fields a type does not use are ignored, as the protocol requires.
+pub fn parse_request(frame: &str) -> Result<Request, ParseError> {
+    /// The first step: just the `type`, borrowed when it has no escapes.
+    #[derive(Deserialize)]
+    struct Envelope<'a> {
+        #[serde(rename = "type", default, borrow)]
+        kind: Option<std::borrow::Cow<'a, str>>,
+    }
+    #[derive(Deserialize)]
+    struct Join {
+        name: String,
+        #[serde(default)]
+        since: Option<u64>,
+    }
+    #[derive(Deserialize)]
+    struct Say {
+        text: String,
+    }
+    #[derive(Deserialize)]
+    struct Dm {
+        to: String,
+        text: String,
+    }
+    #[derive(Deserialize)]
+    struct Nick {
+        name: String,
+    }
+
+    if !frame.trim_start().starts_with('{') {
+        // Reject arrays, numbers and strings without asking serde, and make
+        // sure they are told apart from a malformed object.
+        return Err(ParseError::NotAnObject);
+    }
+    let envelope: Envelope = match serde_json::from_str(frame) {
+        Ok(envelope) => envelope,
+        // `{` followed by anything unparsable is still "not an object".
+        Err(err) if err.is_syntax() || err.is_eof() => return Err(ParseError::NotAnObject),
+        Err(err) => return Err(ParseError::Invalid(err.to_string())),
+    };
+    let invalid = |err: serde_json::Error| ParseError::Invalid(err.to_string());
+    match envelope.kind.as_deref() {
+        Some("join") => {
+            let Join { name, since } = serde_json::from_str(frame).map_err(invalid)?;
+            Ok(Request::Join { name, since })
+        }
+        Some("say") => {
+            let Say { text } = serde_json::from_str(frame).map_err(invalid)?;
+            Ok(Request::Say { text })
+        }
+        Some("dm") => {
+            let Dm { to, text } = serde_json::from_str(frame).map_err(invalid)?;
+            Ok(Request::Dm { to, text })
+        }
+        Some("who") => {
+            // Still a full parse, so that `{"type":"who",` with junk after it
+            // is refused like any other malformed object.
+            serde_json::from_str::<IgnoredAny>(frame).map_err(invalid)?;
+            Ok(Request::Who)
+        }
+        Some("nick") => {
+            let Nick { name } = serde_json::from_str(frame).map_err(invalid)?;
+            Ok(Request::Nick { name })
+        }
+        Some(other) => Err(ParseError::UnknownType(other.to_owned())),
+        None => Err(ParseError::UnknownType(String::new())),
+    }
+}
+
+/// The machine-readable reason of an `error` message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame is not a well-formed request object.
+    InvalidJson,
+    /// The request's `type` is missing or unknown.
+    UnknownType,
+    /// Anything but `join` before a successful `join`.
+    NotJoined,
+    /// A second `join` on one connection.
+    AlreadyJoined,
+    /// A name that breaks the rules of [`validate_name`].
+    InvalidName,
+    /// A name someone else online already has (case-insensitively).
+    NameTaken,
+    /// A DM to nobody online.
+    UnknownUser,
+    /// A text that is empty or only whitespace.
+    EmptyText,
+    /// A text longer than the server's limit.
+    TooLong,
+    /// More requests than the connection's rate limit allows.
+    RateLimited,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::NotJoined => "not_joined",
+            ErrorCode::AlreadyJoined => "already_joined",
+            ErrorCode::InvalidName => "invalid_name",
+            ErrorCode::NameTaken => "name_taken",
+            ErrorCode::UnknownUser => "unknown_user",
+            ErrorCode::EmptyText => "empty_text",
+            ErrorCode::TooLong => "too_long",
+            ErrorCode::RateLimited => "rate_limited",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A point in time as the protocol writes it: RFC 3339, UTC, milliseconds,
+/// `Z` (`2026-11-25T08:00:00.123Z`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(pub DateTime<Utc>);
+
+impl Timestamp {
+    /// The current wall-clock time. Only the edges of the program call this;
+    /// the room is always handed its time.
+    pub fn now() -> Self {
+        Timestamp(Utc::now())
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(deserializer)?;
+        DateTime::parse_from_rfc3339(&text)
+            .map(|time| Timestamp(time.with_timezone(&Utc)))
+            .map_err(de::Error::custom)
+    }
+}
+
+/// A public chat message, as broadcast and as kept in history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// Position in the server's single id sequence; clients resume with it.
+    pub id: u64,
+    /// When the server accepted the message.
+    pub ts: Timestamp,
+    /// The sender's name at the time.
+    pub from: String,
+    /// What was said.
+    pub text: String,
+}
+
+/// A message from the server to a client.
+///
+/// History entries are shared (`Arc`) so that a `welcome` costs one pointer
+/// copy per kept message, not a copy of every text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ServerMessage {
+    /// The answer to a good `join`.
+    Welcome {
+        name: String,
+        users: Vec<String>,
+        history: Vec<Arc<ChatMessage>>,
+        server: String,
+    },
+    /// A public message, to everyone joined (the sender included).
+    Message(Arc<ChatMessage>),
+    /// A private message, to its recipient and its sender.
+    Dm {
+        id: u64,
+        ts: Timestamp,
+        from: String,
+        to: String,
+        text: String,
+    },
+    /// Someone joined; to everyone else.
+    Joined {
+        name: String,
+        ts: Timestamp,
+        online: usize,
+    },
+    /// Someone who had joined left; to everyone still there.
+    Left {
+        name: String,
+        ts: Timestamp,
+        online: usize,
+    },
+    /// Someone changed name; to everyone.
+    Renamed {
+        from: String,
+        to: String,
+        ts: Timestamp,
+    },
+    /// The answer to `who`.
+    Users { users: Vec<String> },
+    /// A refused request.
+    Error { code: ErrorCode, message: String },
+}
+
+impl ServerMessage {
+    /// An `error` message.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerMessage::Error {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The message as one line of JSON, ready for a text frame.
+    pub fn to_json(&self) -> String {
+        // Serializing these types cannot fail: every key is a string and
+        // every value is a string, number or list of those.
+        serde_json::to_string(self).expect("server messages always serialize")
+    }
+}
+
+/// Checks a name against the rules: 1 to [`MAX_NAME_CHARS`] characters,
+/// each alphanumeric (Unicode) or one of `_`, `-`, `.`.
+///
+/// The error is a sentence for the user.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("a name needs at least one character".to_owned());
+    }
+    if name.chars().nth(MAX_NAME_CHARS).is_some() {
+        return Err(format!("a name has at most {MAX_NAME_CHARS} characters"));
+    }
+    match name
+        .chars()
+        .find(|&c| !(c.is_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
+        Some(bad) => Err(format!(
+            "a name may hold only letters, digits, '_', '-' and '.', not {bad:?}"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The key under which a name is unique: its Unicode lowercase form, so
+/// `Dave` and `dave` cannot both be online.
+pub fn name_key(name: &str) -> String {
+    name.to_lowercase()
+}
+
+/// Checks a chat text: not empty or only whitespace, at most `max_chars`
+/// characters (Unicode scalar values, so 4000 emoji fit in 4000).
+pub fn check_text(text: &str, max_chars: usize) -> Result<(), ErrorCode> {
+    if text.chars().all(char::is_whitespace) {
+        return Err(ErrorCode::EmptyText);
+    }
+    // A text of at most `max_chars` bytes cannot have more characters, so
+    // the common short message is never counted.
+    if text.len() > max_chars && text.chars().nth(max_chars).is_some() {
+        return Err(ErrorCode::TooLong);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_request_type() {
+        assert_eq!(
+            parse_request(r#"{"type":"join","name":"Dave"}"#),
+            Ok(Request::Join {
+                name: "Dave".into(),
+                since: None
+            })
+        );
+        assert_eq!(
+            parse_request(r#"{"type":"join","name":"Dave","since":41}"#),
+            Ok(Request::Join {
+                name: "Dave".into(),
+                since: Some(41)
+            })
+        );
+        assert_eq!(
+            parse_request(r#"{"type":"say","text":"hello 😀"}"#),
+            Ok(Request::Say {
+                text: "hello 😀".into()
+            })
+        );
+        assert_eq!(
+            parse_request(r#"{"type":"dm","to":"Bob","text":"psst"}"#),
+            Ok(Request::Dm {
+                to: "Bob".into(),
+                text: "psst".into()
+            })
+        );
+        assert_eq!(parse_request(r#"{"type":"who"}"#), Ok(Request::Who));
+        assert_eq!(
+            parse_request(r#"{"type":"nick","name":"David"}"#),
+            Ok(Request::Nick {
+                name: "David".into()
+            })
+        );
+    }
+
+    #[test]
+    fn ignores_unknown_fields_even_ones_other_types_use() {
+        assert_eq!(
+            parse_request(r#"{"type":"who","name":5,"extra":[1,2]}"#),
+            Ok(Request::Who)
+        );
+        assert_eq!(
+            parse_request(r#"{"text":"hi","color":"red","type":"say"}"#),
+            Ok(Request::Say { text: "hi".into() })
+        );
+    }
+
+    #[test]
+    fn tells_error_kinds_apart() {
+        for not_object in ["", "hello", "[1,2]", "42", "\"join\"", "{", "{\"type\":"] {
+            assert_eq!(
+                parse_request(not_object),
+                Err(ParseError::NotAnObject),
+                "{not_object:?}"
+            );
+        }
+        assert_eq!(
+            parse_request(r#"{"type":"shout","text":"x"}"#),
+            Err(ParseError::UnknownType("shout".into()))
+        );
+        assert_eq!(
+            parse_request(r#"{"text":"x"}"#).unwrap_err().code(),
+            ErrorCode::UnknownType
+        );
+        for invalid in [
+            r#"{"type":"say"}"#,
+            r#"{"type":"say","text":7}"#,
+            r#"{"type":"join","name":"a","since":-1}"#,
+            r#"{"type":"join","name":"a","since":"3"}"#,
+            r#"{"type":5}"#,
+        ] {
+            assert_eq!(
+                parse_request(invalid).unwrap_err().code(),
+                ErrorCode::InvalidJson,
+                "{invalid}"
+            );
+        }
+    }
+
+    #[test]
+    fn deeply_nested_json_is_handled_without_a_crash() {
+        let open = "[".repeat(100_000);
+        let close = "]".repeat(100_000);
+        // Nesting in an ignored field is skipped, as any unknown field is.
+        let ignored = format!(r#"{{"type":"say","text":"x","deep":{open}{close}}}"#);
+        assert_eq!(
+            parse_request(&ignored),
+            Ok(Request::Say { text: "x".into() })
+        );
+        // Nesting where a string belongs is a malformed request.
+        let in_text = format!(r#"{{"type":"say","text":{open}{close}}}"#);
+        assert_eq!(
+            parse_request(&in_text).unwrap_err().code(),
+            ErrorCode::InvalidJson
+        );
+    }
+
+    #[test]
+    fn name_rules() {
+        assert!(validate_name("Dave").is_ok());
+        assert!(validate_name("d.a_v-e9").is_ok());
+        assert!(validate_name("Zoë").is_ok());
+        assert!(validate_name("名前").is_ok());
+        assert!(validate_name(&"é".repeat(32)).is_ok());
+        assert!(validate_name(&"é".repeat(33)).is_err());
+        for bad in [
+            "",
+            "a b",
+            "a\0b",
+            "a\u{1b}",
+            "a\r\nb",
+            "a\u{202e}b",
+            "a\u{200b}b",
+            "😀",
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(name_key("DAVE"), name_key("dave"));
+    }
+
+    #[test]
+    fn text_rules_count_characters_not_bytes() {
+        assert_eq!(check_text(&"😀".repeat(4000), 4000), Ok(()));
+        assert_eq!(
+            check_text(&"😀".repeat(4001), 4000),
+            Err(ErrorCode::TooLong)
+        );
+        assert_eq!(check_text("", 4000), Err(ErrorCode::EmptyText));
+        assert_eq!(check_text(" \t\u{3000}\n", 4000), Err(ErrorCode::EmptyText));
+        assert_eq!(check_text(" x ", 4000), Ok(()));
+    }
+
+    #[test]
+    fn server_messages_have_the_documented_shape() {
+        let ts = Timestamp(
+            DateTime::parse_from_rfc3339("2026-11-25T08:00:00.123Z")
+                .unwrap()
+                .with_timezone(&Utc),
+        );
+        let message = ServerMessage::Message(Arc::new(ChatMessage {
+            id: 42,
+            ts,
+            from: "Dave".into(),
+            text: "hello".into(),
+        }));
+        assert_eq!(
+            message.to_json(),
+            r#"{"type":"message","id":42,"ts":"2026-11-25T08:00:00.123Z","from":"Dave","text":"hello"}"#
+        );
+        let error = ServerMessage::error(ErrorCode::NameTaken, "taken");
+        assert_eq!(
+            error.to_json(),
+            r#"{"type":"error","code":"name_taken","message":"taken"}"#
+        );
+        // The client reads what the server writes, and ignores new fields.
+        let read: ServerMessage = serde_json::from_str(
+            r#"{"type":"message","id":42,"ts":"2026-11-25T08:00:00.123Z","from":"Dave","text":"hello","new":1}"#,
+        )
+        .unwrap();
+        assert_eq!(read, message);
+    }
+}
