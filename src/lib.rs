@@ -2,3 +2,5 @@
 //! `mio` event loop.
 
 pub mod protocol;
+pub mod rate_limit;
+pub mod room;
