@@ -35,8 +35,10 @@ impl TokenBucket {
     ///
     /// # Panics
     ///
-    /// If `rate` is negative or NaN, or so small (below about 1e-19) that
-    /// one token would take longer than [`Duration::MAX`] to come back.
+    /// If `rate` is negative or NaN. A positive rate so small that one token
+    /// takes hundreds of billions of years overflows the time arithmetic and
+    /// panics too, here or in [`try_take`](Self::try_take); no real limit
+    /// comes near it.
     pub fn new(rate: f64, burst: u32, now: Instant) -> Self {
         assert!(rate >= 0.0, "a rate limit cannot be negative or NaN");
         let per_token = if rate == 0.0 {

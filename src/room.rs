@@ -123,10 +123,11 @@ impl Room {
             Request::Say { text } => self.say(user, text, now, out),
             Request::Dm { to, text } => self.dm(user, &to, text, now, out),
             Request::Who => {
-                let users = self.names.values().cloned().collect();
                 out.push(Delivery {
                     to: Audience::One(user),
-                    message: ServerMessage::Users { users },
+                    message: ServerMessage::Users {
+                        users: self.user_names(),
+                    },
                 });
                 Ok(())
             }
@@ -181,6 +182,11 @@ impl Room {
         self.next_id
     }
 
+    /// The names of all joined users, for `welcome` and `users`.
+    fn user_names(&self) -> Vec<String> {
+        self.names.values().cloned().collect()
+    }
+
     /// A `join`: on success, `welcome` to the newcomer and `joined` to the
     /// others. The error, if any, is for the requester alone.
     fn join(
@@ -209,7 +215,7 @@ impl Room {
             to: Audience::One(user),
             message: ServerMessage::Welcome {
                 name: name.clone(),
-                users: self.names.values().cloned().collect(),
+                users: self.user_names(),
                 history: self.history.range(skip..).cloned().collect(),
                 server: protocol::SERVER_ID.to_owned(),
             },
@@ -363,6 +369,8 @@ mod tests {
     const ALICE: UserId = 10;
     const BOB: UserId = 20;
     const CAROL: UserId = 30;
+    const DAVE: UserId = 40;
+    const ERIN: UserId = 50;
 
     /// A distinct instant per call site, so each test sees which `now` ended
     /// up in which `ts`.
@@ -448,7 +456,7 @@ mod tests {
         room
     }
 
-    /// The `welcome` history `user` gets when joining `room` as `name`.
+    /// The `welcome` history `user` gets for the join `request`.
     fn history_on_join(room: &mut Room, user: UserId, request: Request) -> Vec<Arc<ChatMessage>> {
         match run(room, user, request, at(0)).remove(0).message {
             ServerMessage::Welcome { history, .. } => history,
@@ -567,7 +575,17 @@ mod tests {
         // A refused join leaves the user free to try again.
         let longest = "é".repeat(32);
         let out = run(&mut room, ALICE, join(&longest), at(2));
-        assert_eq!(out.len(), 2);
+        assert_eq!(
+            out[1],
+            Delivery {
+                to: EveryoneExcept(ALICE),
+                message: ServerMessage::Joined {
+                    name: longest.clone(),
+                    ts: at(2),
+                    online: 1,
+                },
+            }
+        );
         assert_eq!(room.name(ALICE), Some(longest.as_str()));
     }
 
@@ -666,7 +684,7 @@ mod tests {
             }]
         );
         // Private messages stay out of history.
-        assert_eq!(history_on_join(&mut room, 40, join("Dave")), []);
+        assert_eq!(history_on_join(&mut room, DAVE, join("Dave")), []);
     }
 
     #[test]
@@ -722,8 +740,9 @@ mod tests {
         assert_eq!(room.next_id(), 5);
     }
 
-    #[test]
-    fn history_keeps_the_latest_messages_oldest_first() {
+    /// A room keeping 3 messages in which Alice has said `a` to `e`, with ids
+    /// 1 to 5 at seconds 1 to 5; and the three it keeps.
+    fn room_after_five_messages() -> (Room, [Arc<ChatMessage>; 3]) {
         let config = RoomConfig {
             history_len: 3,
             ..RoomConfig::default()
@@ -732,14 +751,18 @@ mod tests {
         for (seconds, text) in (1..).zip(["a", "b", "c", "d", "e"]) {
             run(&mut room, ALICE, say(text), at(seconds));
         }
-        assert_eq!(
-            history_on_join(&mut room, BOB, join("Bob")),
-            [
-                chat(3, at(3), "Alice", "c"),
-                chat(4, at(4), "Alice", "d"),
-                chat(5, at(5), "Alice", "e"),
-            ]
-        );
+        let kept = [
+            chat(3, at(3), "Alice", "c"),
+            chat(4, at(4), "Alice", "d"),
+            chat(5, at(5), "Alice", "e"),
+        ];
+        (room, kept)
+    }
+
+    #[test]
+    fn history_keeps_the_latest_messages_oldest_first() {
+        let (mut room, kept) = room_after_five_messages();
+        assert_eq!(history_on_join(&mut room, BOB, join("Bob")), kept);
     }
 
     #[test]
@@ -755,27 +778,20 @@ mod tests {
 
     #[test]
     fn since_sends_only_the_kept_messages_after_it() {
-        let config = RoomConfig {
-            history_len: 3,
-            ..RoomConfig::default()
-        };
-        let mut room = room_with(config, &[(ALICE, "Alice")]);
-        for (seconds, text) in (1..).zip(["a", "b", "c", "d", "e"]) {
-            run(&mut room, ALICE, say(text), at(seconds));
-        }
+        let (mut room, kept) = room_after_five_messages();
         // In the middle of what is kept: only the newer ones.
         assert_eq!(
             history_on_join(&mut room, BOB, join_since("Bob", 4)),
-            [chat(5, at(5), "Alice", "e")]
+            kept[2..]
         );
-        // Older than what is kept (ids 3 to 5): all that is kept.
+        // Older than what is kept: all that is kept.
         assert_eq!(
-            history_on_join(&mut room, CAROL, join_since("Carol", 1)).len(),
-            3
+            history_on_join(&mut room, CAROL, join_since("Carol", 1)),
+            kept
         );
         // Up to date, or ahead: nothing.
-        assert_eq!(history_on_join(&mut room, 40, join_since("Dave", 5)), []);
-        assert_eq!(history_on_join(&mut room, 50, join_since("Erin", 99)), []);
+        assert_eq!(history_on_join(&mut room, DAVE, join_since("Dave", 5)), []);
+        assert_eq!(history_on_join(&mut room, ERIN, join_since("Erin", 99)), []);
     }
 
     #[test]
