@@ -61,17 +61,25 @@ struct Args {
 
 /// Parses a duration in seconds, fractions allowed (`0.2`).
 fn seconds(text: &str) -> Result<Duration, String> {
-    let secs: f64 = text.parse().map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
     Duration::try_from_secs_f64(secs).map_err(|_| format!("{text:?} is not a valid duration"))
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let mut logger = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
     if let Some(level) = args.log_level {
         logger.filter_level(level);
     }
-    logger.format_timestamp_millis().init();
+    // tungstenite logs whole frames at trace level, and a frame may be a
+    // DM: the server never logs those, whatever level is asked for.
+    logger
+        .filter_module("tungstenite", log::LevelFilter::Info)
+        .format_timestamp_millis()
+        .init();
 
     let config = ServerConfig {
         addr: args.addr,

@@ -17,7 +17,7 @@ use crate::http;
 use crate::protocol::{parse_request, ErrorCode, ServerMessage, Timestamp};
 use crate::rate_limit::TokenBucket;
 use crate::room::{Audience, Delivery, Room, RoomConfig};
-use crate::server::{ConnId, Outbox, Service, ServerHandle};
+use crate::server::{ConnId, Outbox, ServerHandle, Service};
 
 /// Requests refused in a row for the rate limit before the connection is
 /// closed with 1008 as a flood. A client that backs off after a few
@@ -149,7 +149,8 @@ impl Service for Chat {
             return;
         };
         let name = self.room.name(conn).map(str::to_owned);
-        self.room.leave(conn, Timestamp::now(), &mut self.deliveries);
+        self.room
+            .leave(conn, Timestamp::now(), &mut self.deliveries);
         let online = self.room.online();
         match name {
             Some(name) => log::info!("disconnect {} ({name}) ({online} online)", session.peer),

@@ -369,8 +369,11 @@ impl<S: Socket> Connection<S> {
                         .read_buffer_size(READ_BUFFER_BYTES)
                         .max_message_size(Some(config.max_message_bytes))
                         .max_frame_size(Some(config.max_message_bytes));
-                    let ws =
-                        WebSocketContext::from_partially_read(leftover, Role::Server, Some(ws_config));
+                    let ws = WebSocketContext::from_partially_read(
+                        leftover,
+                        Role::Server,
+                        Some(ws_config),
+                    );
                     self.phase = Phase::Open { ws: Box::new(ws) };
                     self.last_heard = now;
                     self.admit_by = Some(now + config.join_timeout);
@@ -425,7 +428,9 @@ impl<S: Socket> Connection<S> {
                 WsError::Io(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 WsError::Capacity(_) => self.fail(CloseCode::Size, "message too big", now),
                 WsError::Utf8(_) => self.fail(CloseCode::Invalid, "invalid UTF-8", now),
-                WsError::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake)
+                WsError::Protocol(
+                    tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                )
                 | WsError::Io(_)
                 | WsError::ConnectionClosed
                 | WsError::AlreadyClosed => {

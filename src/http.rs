@@ -95,7 +95,8 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, Refusal> {
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .map(|h| String::from_utf8_lossy(h.value).into_owned())
     };
-    let wants_upgrade = header("Upgrade").is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+    let wants_upgrade =
+        header("Upgrade").is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
     if !wants_upgrade {
         return Ok(Some((Head::Get { path }, len)));
     }
@@ -186,7 +187,11 @@ mod tests {
     #[test]
     fn waits_for_the_rest_of_a_partial_head() {
         for cut in [0, 1, 10, UPGRADE.len() - 1] {
-            assert_eq!(parse_head(&UPGRADE.as_bytes()[..cut]), Ok(None), "cut at {cut}");
+            assert_eq!(
+                parse_head(&UPGRADE.as_bytes()[..cut]),
+                Ok(None),
+                "cut at {cut}"
+            );
         }
     }
 
@@ -212,11 +217,17 @@ mod tests {
             status(&UPGRADE.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "")),
             400
         );
-        assert_eq!(status(&UPGRADE.replace("keep-alive, Upgrade", "keep-alive")), 400);
+        assert_eq!(
+            status(&UPGRADE.replace("keep-alive, Upgrade", "keep-alive")),
+            400
+        );
         assert_eq!(status(&UPGRADE.replace("HTTP/1.1", "HTTP/1.0")), 400);
         let tls_hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03";
         assert_eq!(parse_head(tls_hello).unwrap_err().status, 400);
-        let huge = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n", "a".repeat(MAX_HEAD_BYTES));
+        let huge = format!(
+            "GET / HTTP/1.1\r\nX-Big: {}\r\n",
+            "a".repeat(MAX_HEAD_BYTES)
+        );
         assert_eq!(status(&huge), 431);
         let many: String = (0..40).map(|i| format!("X-{i}: y\r\n")).collect();
         assert_eq!(status(&format!("GET / HTTP/1.1\r\n{many}\r\n")), 431);

@@ -66,7 +66,11 @@ pub trait Service {
     /// A complete binary message arrived. By default it is refused with
     /// close code 1003, as the chat protocol requires.
     fn binary(&mut self, conn: ConnId, _data: &[u8], out: &mut Outbox<'_>) {
-        out.close(conn, CloseCode::Unsupported, "binary frames are not accepted");
+        out.close(
+            conn,
+            CloseCode::Unsupported,
+            "binary frames are not accepted",
+        );
     }
 
     /// An opened connection is no longer open (either side closed it, or it
@@ -304,7 +308,9 @@ impl<S: Service> Server<S> {
     /// Accepts every waiting connection.
     fn accept(&mut self, now: Instant) {
         loop {
-            let Some(listener) = &self.listener else { return };
+            let Some(listener) = &self.listener else {
+                return;
+            };
             match listener.accept() {
                 Ok((stream, peer)) => self.add_connection(stream, peer, now),
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
@@ -340,11 +346,19 @@ impl<S: Service> Server<S> {
 
     fn add_connection(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
         if self.conns.len() >= self.config.max_connections {
-            log::warn!("{peer}: refused, {} connections is the limit", self.config.max_connections);
+            log::warn!(
+                "{peer}: refused, {} connections is the limit",
+                self.config.max_connections
+            );
             return;
         }
         let per_ip_limit = self.config.max_connections_per_ip;
-        if per_ip_limit != 0 && self.per_ip.get(&peer.ip()).is_some_and(|&n| n >= per_ip_limit) {
+        if per_ip_limit != 0
+            && self
+                .per_ip
+                .get(&peer.ip())
+                .is_some_and(|&n| n >= per_ip_limit)
+        {
             log::warn!("{peer}: refused, {per_ip_limit} connections per address is the limit");
             return;
         }
@@ -526,7 +540,10 @@ impl ServerHandle {
     /// The server is built on its own thread because it never leaves it
     /// (its shared frames are `Rc`, deliberately not thread-safe); the
     /// address and the shutdown handle are sent back.
-    pub fn spawn<S: Service + Send + 'static>(config: ServerConfig, service: S) -> io::Result<Self> {
+    pub fn spawn<S: Service + Send + 'static>(
+        config: ServerConfig,
+        service: S,
+    ) -> io::Result<Self> {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("mioserver".into())
