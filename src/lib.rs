@@ -1,4 +1,5 @@
 //! miochat: a real-time chat server and terminal client on a hand-rolled
 //! `mio` event loop.
 
+pub mod client;
 pub mod protocol;
