@@ -357,18 +357,17 @@ impl Coordinator {
         self.finish_if_done()
     }
 
-    /// Ends a piped run once input is over and nothing is outstanding. Lines
-    /// still queued while disconnected are given up: waiting for a server
-    /// that may never return would hang the script.
+    /// Ends a piped run once input is over and nothing is outstanding: no
+    /// request unanswered, and no join either, so that a refused name is
+    /// never a success. Lines still queued while disconnected are given
+    /// up: waiting for a server that may never return would hang the
+    /// script.
     fn finish_if_done(&mut self) -> ControlFlow<ExitCode> {
-        if !self.input_done || self.unanswered > 0 {
+        let joining = self.conn.is_some() && !self.joined;
+        if !self.input_done || self.unanswered > 0 || joining {
             return ControlFlow::Continue(());
         }
         if !self.queued.is_empty() {
-            if self.conn.is_some() {
-                // Connected and about to be welcomed: the queue goes then.
-                return ControlFlow::Continue(());
-            }
             self.failed += self.queued.len();
             eprintln!(
                 "lineclient: {} line(s) not sent: the connection is down",
