@@ -79,7 +79,7 @@ impl Client {
 
     /// Starts a client and waits until it is in the room.
     fn joined(name: &str, addr: SocketAddr, online: &str) -> Client {
-        let mut client = Client::start(name, addr);
+        let client = Client::start(name, addr);
         client.expect(&format!("--- {online} ---"));
         client
     }
