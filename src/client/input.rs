@@ -68,12 +68,18 @@ pub fn spawn_editor(
     lines: Sender<Input>,
 ) {
     spawn(move || {
-        let last = loop {
+        let last = 'read: loop {
             match editor.readline(PROMPT) {
-                Ok(line) if is_quit(&line) => break Input::Line(line),
-                Ok(line) => {
-                    if lines.send(Input::Line(line)).is_err() {
-                        return;
+                // Pasted text arrives whole (bracketed paste), newlines
+                // and all: each of its lines is a message of its own.
+                Ok(pasted) => {
+                    for line in pasted.lines() {
+                        if is_quit(line) {
+                            break 'read Input::Line(line.to_owned());
+                        }
+                        if lines.send(Input::Line(line.to_owned())).is_err() {
+                            return;
+                        }
                     }
                 }
                 // Ctrl-C: rustyline has already dropped the line; go on.

@@ -98,9 +98,11 @@ where
         lines
     }
 
-    /// A line about the session (`* reconnected`).
+    /// A line about the session (`* reconnected`). Only the mark is
+    /// faint: the text may hold coloured names, whose reset would end the
+    /// faintness halfway anyway.
     pub fn notice(&self, text: &str) -> String {
-        self.paint(FAINT, &format!("* {text}"))
+        format!("{} {text}", self.paint(FAINT, "*"))
     }
 
     /// A line about something that went wrong (`! connection lost`).
@@ -353,6 +355,17 @@ mod tests {
         let color = name_color("Alice");
         assert_eq!(theirs, [format!("[08:05] \x1b[{color}mAlice\x1b[0m: yo")]);
         assert_eq!(name_color("alice"), color, "one colour whatever the case");
+        let joined = ServerMessage::Joined {
+            name: "Alice".into(),
+            ts: ts("2026-11-25T08:05:00Z"),
+            online: 2,
+        };
+        assert_eq!(
+            r.server_message(&joined, "Dave"),
+            [format!(
+                "\x1b[2m*\x1b[0m \x1b[{color}mAlice\x1b[0m joined (2 online)"
+            )]
+        );
         let dm = ServerMessage::Dm {
             id: 3,
             ts: ts("2026-11-25T08:05:00Z"),
