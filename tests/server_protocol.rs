@@ -272,13 +272,18 @@ fn nick_renames_for_everyone_under_the_name_rules() {
         bob.send(json!({"type": "nick", "name": name}));
         bob.expect_error(code);
     }
+    // One's own name in another case is no clash.
+    bob.send(json!({"type": "nick", "name": "BOB"}));
+    let renamed = json!({"type": "renamed", "from": "bob", "to": "BOB"});
+    assert_eq!(untimed(alice.recv()), renamed);
+    assert_eq!(untimed(bob.recv()), renamed);
     // The old name is free again; the new one is in use.
     let [carol] = join_all(server.addr(), ["alice"]);
     let joined = json!({"type": "joined", "name": "alice", "online": 3});
     assert_eq!(untimed(alice.recv()), joined);
     assert_eq!(untimed(bob.recv()), joined);
     bob.who();
-    assert_eq!(bob.expect_users(), ["Alicia", "alice", "bob"]);
+    assert_eq!(bob.expect_users(), ["Alicia", "BOB", "alice"]);
     stop(server, [alice, bob, carol]);
 }
 

@@ -13,6 +13,15 @@ use serde_json::{json, Value};
 use tungstenite::Message;
 
 #[test]
+fn any_request_path_is_accepted_for_the_upgrade() {
+    let server = start(config());
+    let mut client = Client::connect_path(server.addr(), "/some/path?x=1");
+    client.send(json!({"type": "join", "name": "alice"}));
+    assert_eq!(client.recv()["type"], "welcome");
+    stop(server, [client]);
+}
+
+#[test]
 fn a_binary_frame_is_closed_with_1003() {
     let server = start(config());
     let [mut alice] = join_all(server.addr(), ["alice"]);

@@ -68,10 +68,15 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects and completes the WebSocket upgrade (no `join` yet).
+    /// Connects to `/` and completes the WebSocket upgrade (no `join` yet).
     pub fn connect(addr: SocketAddr) -> Client {
-        let (ws, _response) =
-            tungstenite::client(format!("ws://{addr}/"), tcp(addr)).expect("WebSocket upgrade");
+        Client::connect_path(addr, "/")
+    }
+
+    /// Connects to `path`, which starts with `/`, and completes the upgrade.
+    pub fn connect_path(addr: SocketAddr, path: &str) -> Client {
+        let (ws, _response) = tungstenite::client(format!("ws://{addr}{path}"), tcp(addr))
+            .expect("WebSocket upgrade");
         Client { ws }
     }
 
