@@ -636,3 +636,300 @@ impl<S: Socket> Connection<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    /// A socket that hands out scripted input and takes limited output,
+    /// answering `WouldBlock` whenever a real non-blocking socket would.
+    #[derive(Default)]
+    struct FakeSocket {
+        /// Input chunks; each `read` takes at most one. Between chunks and
+        /// when empty, reads would block (unless `eof`).
+        input: VecDeque<Vec<u8>>,
+        /// Whether the peer has hung up once the input is used.
+        eof: bool,
+        /// Everything written so far.
+        written: Vec<u8>,
+        /// How many more bytes the "kernel buffer" takes before blocking.
+        room: usize,
+        /// Whether `shutdown_write` was called.
+        shut: Cell<bool>,
+    }
+
+    impl Read for FakeSocket {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match self.input.front_mut() {
+                Some(chunk) => {
+                    let n = chunk.len().min(buf.len());
+                    buf[..n].copy_from_slice(&chunk[..n]);
+                    chunk.drain(..n);
+                    if chunk.is_empty() {
+                        self.input.pop_front();
+                    }
+                    Ok(n)
+                }
+                None if self.eof => Ok(0),
+                None => Err(io::ErrorKind::WouldBlock.into()),
+            }
+        }
+    }
+
+    impl Write for FakeSocket {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.room);
+            self.room -= n;
+            self.written.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Socket for FakeSocket {
+        fn shutdown_write(&self) -> io::Result<()> {
+            self.shut.set(true);
+            Ok(())
+        }
+    }
+
+    const UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+    /// A masked client frame, as a browser would send it.
+    fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        let mut frame = vec![0x80 | opcode];
+        match payload.len() {
+            len @ 0..=125 => frame.push(0x80 | len as u8),
+            len @ 126..=0xffff => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            len => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+        frame
+    }
+
+    fn config() -> ServerConfig {
+        ServerConfig {
+            max_message_bytes: 1000,
+            ..ServerConfig::default()
+        }
+    }
+
+    /// A connection that has completed its upgrade and flushed the 101.
+    fn open_connection(now: Instant) -> Connection<FakeSocket> {
+        let socket = FakeSocket {
+            input: VecDeque::from([UPGRADE.to_vec()]),
+            room: usize::MAX,
+            ..FakeSocket::default()
+        };
+        let mut conn = Connection::new(socket, "127.0.0.1:9".parse().unwrap(), 1, now);
+        assert!(matches!(conn.poll_input(now, &config()), Input::Opened));
+        conn.flush();
+        conn.socket.written.clear();
+        conn
+    }
+
+    #[test]
+    fn handshake_dribbled_one_byte_at_a_time() {
+        let now = Instant::now();
+        let socket = FakeSocket {
+            room: usize::MAX,
+            ..FakeSocket::default()
+        };
+        let mut conn = Connection::new(socket, "127.0.0.1:9".parse().unwrap(), 1, now);
+        for &byte in &UPGRADE[..UPGRADE.len() - 1] {
+            conn.socket.input.push_back(vec![byte]);
+            // Each byte is taken, then the socket would block: keep waiting.
+            assert!(matches!(conn.poll_input(now, &config()), Input::Drained));
+        }
+        assert!(matches!(conn.phase, Phase::Handshake { .. }));
+        conn.socket
+            .input
+            .push_back(UPGRADE[UPGRADE.len() - 1..].to_vec());
+        assert!(matches!(conn.poll_input(now, &config()), Input::Opened));
+        conn.flush();
+        let response = String::from_utf8(conn.socket.written.clone()).unwrap();
+        assert!(response.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
+        assert!(response.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+    }
+
+    #[test]
+    fn frames_split_anywhere_arrive_whole() {
+        let now = Instant::now();
+        let mut conn = open_connection(now);
+        let mut bytes = client_frame(0x1, "héllo".as_bytes());
+        bytes.extend(client_frame(0x1, b"second"));
+        for byte in bytes {
+            conn.socket.input.push_back(vec![byte]);
+        }
+        let mut texts = Vec::new();
+        loop {
+            match conn.poll_input(now, &config()) {
+                Input::Text(text) => texts.push(text.as_str().to_owned()),
+                Input::Drained if conn.socket.input.is_empty() => break,
+                Input::Drained => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(texts, ["héllo", "second"]);
+    }
+
+    #[test]
+    fn output_survives_partial_writes_and_would_block() {
+        let now = Instant::now();
+        let mut conn = open_connection(now);
+        let frames: Vec<SharedFrame> = (0..5)
+            .map(|i| encode_frame(Data::Text, format!("message {i}")))
+            .collect();
+        for frame in &frames {
+            conn.send(frame, usize::MAX, now);
+        }
+        let expected: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
+        // The kernel takes 7 bytes per turn: the queue resumes mid-frame.
+        while !conn.out.is_empty() {
+            conn.socket.room = 7;
+            conn.flush();
+            assert_eq!(conn.out.len(), expected.len() - conn.socket.written.len());
+        }
+        assert_eq!(conn.socket.written, expected);
+    }
+
+    #[test]
+    fn a_client_too_slow_to_keep_up_is_closed_with_1013() {
+        let now = Instant::now();
+        let mut conn = open_connection(now);
+        let frame = encode_frame(Data::Text, "x".repeat(100));
+        conn.send(&frame, 250, now);
+        // Half of the first frame reaches the wire, then the client stalls.
+        conn.socket.room = 50;
+        conn.flush();
+        conn.send(&frame, 250, now);
+        conn.send(&frame, 250, now);
+        assert!(matches!(conn.phase, Phase::Closing { .. }));
+        conn.socket.room = usize::MAX;
+        conn.flush();
+        let written = &conn.socket.written;
+        // The rest of the started frame, then the close frame: 1013 and reason.
+        assert_eq!(&written[..frame.len()], &frame[..]);
+        let close = &written[frame.len()..];
+        assert_eq!(close[0], 0x88);
+        assert_eq!(&close[2..4], &1013u16.to_be_bytes());
+        assert_eq!(&close[4..], b"too slow to keep up");
+        assert!(conn.socket.shut.get(), "FIN follows the close frame");
+        assert!(conn.take_goodbye());
+    }
+
+    #[test]
+    fn silence_brings_a_ping_then_a_close() {
+        let start = Instant::now();
+        let config = config();
+        let mut conn = open_connection(start);
+        conn.admit();
+        let ping_at = start + config.ping_interval;
+        assert_eq!(conn.next_deadline(&config), Some(ping_at));
+        conn.on_deadline(ping_at, &config);
+        conn.flush();
+        assert_eq!(conn.socket.written, [0x89, 0x00]);
+        // A pong (any frame) resets the keepalive.
+        conn.socket.input.push_back(client_frame(0xA, b""));
+        let later = ping_at + Duration::from_secs(1);
+        assert!(matches!(conn.poll_input(later, &config), Input::Drained));
+        assert_eq!(
+            conn.next_deadline(&config),
+            Some(later + config.ping_interval)
+        );
+        // This time the client stays silent.
+        let second_ping = later + config.ping_interval;
+        conn.socket.written.clear();
+        conn.on_deadline(second_ping, &config);
+        conn.flush();
+        assert_eq!(conn.socket.written, [0x89, 0x00]);
+        let give_up = second_ping + config.ping_timeout;
+        assert_eq!(conn.next_deadline(&config), Some(give_up));
+        conn.on_deadline(give_up, &config);
+        assert!(matches!(conn.phase, Phase::Closing { .. }));
+        conn.socket.written.clear();
+        conn.flush();
+        assert_eq!(&conn.socket.written[2..4], &1001u16.to_be_bytes());
+        assert_eq!(&conn.socket.written[4..], b"ping timeout");
+    }
+
+    #[test]
+    fn no_join_in_time_is_closed_with_1008() {
+        let start = Instant::now();
+        let config = config();
+        let mut conn = open_connection(start);
+        let deadline = start + config.join_timeout;
+        assert_eq!(conn.next_deadline(&config), Some(deadline));
+        conn.on_deadline(deadline, &config);
+        conn.flush();
+        assert_eq!(&conn.socket.written[2..4], &1008u16.to_be_bytes());
+    }
+
+    #[test]
+    fn an_oversized_frame_is_refused_from_its_header() {
+        let now = Instant::now();
+        let mut conn = open_connection(now);
+        // Only the header of a 1001-byte frame: the limit is 1000.
+        let frame = client_frame(0x1, &[b'a'; 1001]);
+        conn.socket.input.push_back(frame[..8].to_vec());
+        assert!(matches!(conn.poll_input(now, &config()), Input::Finished));
+        conn.flush();
+        assert_eq!(&conn.socket.written[2..4], &1009u16.to_be_bytes());
+    }
+
+    #[test]
+    fn a_closing_connection_ends_when_the_peer_hangs_up() {
+        let now = Instant::now();
+        let mut conn = open_connection(now);
+        conn.socket
+            .input
+            .push_back(client_frame(0x8, &1000u16.to_be_bytes()));
+        assert!(matches!(conn.poll_input(now, &config()), Input::Finished));
+        assert!(conn.take_goodbye());
+        conn.flush();
+        // Our close reply went out, then FIN.
+        assert_eq!(conn.socket.written, [0x88, 0x02, 0x03, 0xe8]);
+        assert!(conn.socket.shut.get());
+        assert!(!conn.phase.is_closed(), "waits for the peer to hang up");
+        conn.socket.eof = true;
+        assert!(matches!(conn.poll_input(now, &config()), Input::Finished));
+        assert!(conn.phase.is_closed());
+        assert!(!conn.take_goodbye(), "the application hears of it once");
+    }
+
+    #[test]
+    fn a_bad_request_gets_its_status_then_the_connection_closes() {
+        let now = Instant::now();
+        let socket = FakeSocket {
+            input: VecDeque::from([b"POST / HTTP/1.1\r\n\r\n".to_vec()]),
+            room: usize::MAX,
+            eof: true,
+            ..FakeSocket::default()
+        };
+        let mut conn = Connection::new(socket, "127.0.0.1:9".parse().unwrap(), 1, now);
+        assert!(matches!(conn.poll_input(now, &config()), Input::Finished));
+        conn.flush();
+        assert!(conn
+            .socket
+            .written
+            .starts_with(b"HTTP/1.1 405 Method Not Allowed\r\n"));
+        assert!(matches!(conn.poll_input(now, &config()), Input::Finished));
+        assert!(conn.phase.is_closed());
+        assert!(!conn.take_goodbye(), "never opened, so no goodbye");
+    }
+}
