@@ -225,6 +225,22 @@ fn end_of_input_exits_zero_once_every_line_is_acknowledged() {
 }
 
 #[test]
+fn a_long_burst_is_paced_under_the_rate_limit_not_refused() {
+    let server = server();
+    let mut bot = Client::start("bot", server.addr());
+    // More than the server's default burst of 20 requests.
+    let count = 30;
+    for n in 1..=count {
+        bot.type_line(&format!("line {n}"));
+    }
+    let (status, rest, stderr) = bot.finish();
+    assert!(status.success(), "{stderr}");
+    let mut expected = vec!["--- 1 online: bot ---".to_owned()];
+    expected.extend((1..=count).map(|n| format!("[HH:MM] bot: line {n}")));
+    assert_eq!(rest, expected);
+}
+
+#[test]
 fn a_refused_or_unsent_line_makes_the_exit_status_non_zero() {
     let server = server();
     let mut bot = Client::joined("bot", server.addr(), "1 online: bot");

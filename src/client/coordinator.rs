@@ -6,6 +6,7 @@
 //! here, owned by one thread, so none of it needs a lock (except the names
 //! for completion, which the line editor reads).
 
+use std::collections::VecDeque;
 use std::ops::ControlFlow;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -22,6 +23,21 @@ use super::render::Renderer;
 use super::shortcode;
 use super::wire::Request;
 use crate::protocol::{name_key, validate_name, ErrorCode, ServerMessage};
+use crate::rate_limit::TokenBucket;
+
+/// Requests per second the client sends at most: a fifth below the
+/// server's default limit (10 a second, bursts of 20), so that a pasted or
+/// piped burst is paced rather than refused, even when the network bunches
+/// frames together on their way.
+const PACE_RATE: f64 = 8.0;
+
+/// Requests the client sends at once before pacing starts (the server's
+/// default burst is 20; the same margin as [`PACE_RATE`]).
+const PACE_BURST: u32 = 16;
+
+/// How long a paced request waits before the next try: the time the
+/// bucket takes to regain one token, 1 / [`PACE_RATE`].
+const PACE_RETRY: Duration = Duration::from_millis(125);
 
 /// How long leaving waits for the socket thread to close the connection
 /// politely; it gives up on the server after one second itself.
@@ -34,6 +50,8 @@ pub enum Event {
     Input(Input),
     /// From the socket thread.
     Net(NetEvent),
+    /// The pace allows sending what is queued again.
+    Paced,
 }
 
 /// The client's state and main loop.
@@ -67,8 +85,14 @@ pub struct Coordinator {
     /// largest: a server restarted without its history numbers from 1
     /// again, and `since` must follow it.
     last_id: Option<u64>,
-    /// Requests typed while not joined, sent after the next welcome.
-    queued: Vec<Request>,
+    /// Requests not sent yet, oldest first: typed while not joined (they
+    /// go after the next welcome), or held back by the pace.
+    queued: VecDeque<Request>,
+    /// Keeps requests under the server's rate limit; fresh for each
+    /// connection, like the server's own bucket.
+    pace: TokenBucket,
+    /// Fires when paced requests may go; `never()` when none wait.
+    pace_timer: Receiver<Instant>,
     /// Requests sent on this connection and not yet answered (by their
     /// echo, the `users` list, the `renamed` notice, or an error). The
     /// server answers every request, in order.
@@ -104,7 +128,9 @@ impl Coordinator {
             joined: false,
             welcomed_before: false,
             last_id: None,
-            queued: Vec::new(),
+            queued: VecDeque::new(),
+            pace: TokenBucket::new(PACE_RATE, PACE_BURST, Instant::now()),
+            pace_timer: crossbeam_channel::never(),
             unanswered: 0,
             failed: 0,
             input_done: false,
@@ -134,6 +160,7 @@ impl Coordinator {
             recv(self.net) -> net => Event::Net(net.unwrap_or_else(|_| {
                 NetEvent::Unreachable("the connection thread stopped".to_owned())
             })),
+            recv(self.pace_timer) -> _ => Event::Paced,
         }
     }
 
@@ -144,6 +171,7 @@ impl Coordinator {
             Event::Input(Input::End) => self.input_ended(),
             Event::Net(NetEvent::Connected(conn)) => {
                 self.conn = Some(conn);
+                self.pace = TokenBucket::new(PACE_RATE, PACE_BURST, Instant::now());
                 self.join();
                 ControlFlow::Continue(())
             }
@@ -152,6 +180,11 @@ impl Coordinator {
             Event::Net(NetEvent::Unreachable(reason)) => {
                 eprintln!("lineclient: {reason}");
                 ControlFlow::Break(ExitCode::FAILURE)
+            }
+            Event::Paced => {
+                self.pace_timer = crossbeam_channel::never();
+                self.send_queued();
+                ControlFlow::Continue(())
             }
         }
     }
@@ -206,19 +239,30 @@ impl Coordinator {
     }
 
     /// Sends `request` now if the server would take it, else keeps it for
-    /// after the next welcome.
+    /// later; either way after any request typed before it.
     fn send(&mut self, request: Request) {
-        match &self.conn {
-            Some(conn) if self.joined => {
-                if conn.send(request.to_json()).is_ok() {
-                    self.unanswered += 1;
-                } else {
-                    // The connection died a moment ago; the socket thread's
-                    // `Down` is on its way, and a reconnection will send it.
-                    self.queued.push(request);
-                }
+        self.queued.push_back(request);
+        self.send_queued();
+    }
+
+    /// Sends the queued requests, as far as the connection and the pace
+    /// allow; the pace timer brings the rest.
+    fn send_queued(&mut self) {
+        let Some(conn) = self.conn.as_ref().filter(|_| self.joined) else {
+            return;
+        };
+        while let Some(request) = self.queued.front() {
+            if !self.pace.try_take(Instant::now()) {
+                self.pace_timer = crossbeam_channel::after(PACE_RETRY);
+                return;
             }
-            _ => self.queued.push(request),
+            if conn.send(request.to_json()).is_err() {
+                // The connection died a moment ago; the socket thread's
+                // `Down` is on its way, and the next welcome sends the rest.
+                return;
+            }
+            self.queued.pop_front();
+            self.unanswered += 1;
         }
     }
 
@@ -240,6 +284,9 @@ impl Coordinator {
         };
         // A closed channel means the connection is gone; `Down` follows.
         let _ = conn.send(join.to_json());
+        // The server counts every frame, the join included. The join goes
+        // whatever the pace: nothing can be sent before it anyway.
+        self.pace.try_take(Instant::now());
     }
 
     /// Something from the server.
@@ -273,9 +320,7 @@ impl Coordinator {
                 if let Some(last) = history.last() {
                     self.last_id = Some(last.id);
                 }
-                for request in std::mem::take(&mut self.queued) {
-                    self.send(request);
-                }
+                self.send_queued();
             }
             ServerMessage::Message(message) => {
                 self.last_id = Some(message.id);
@@ -363,8 +408,9 @@ impl Coordinator {
     /// up: waiting for a server that may never return would hang the
     /// script.
     fn finish_if_done(&mut self) -> ControlFlow<ExitCode> {
-        let joining = self.conn.is_some() && !self.joined;
-        if !self.input_done || self.unanswered > 0 || joining {
+        // Connected, a join or paced requests are still to be answered.
+        let busy = self.conn.is_some() && (!self.joined || !self.queued.is_empty());
+        if !self.input_done || self.unanswered > 0 || busy {
             return ControlFlow::Continue(());
         }
         if !self.queued.is_empty() {
