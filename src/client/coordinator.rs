@@ -5,6 +5,11 @@
 //! is the one place where anything happens. All the client's state lives
 //! here, owned by one thread, so none of it needs a lock (except the names
 //! for completion, which the line editor reads).
+//!
+//! Requests go out in the order typed. They wait in one queue while the
+//! client is not joined (connecting, choosing a name, reconnecting) and
+//! while the pace holds them back, so the server's rate limit never
+//! refuses a pasted or piped burst.
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
@@ -189,21 +194,11 @@ impl Coordinator {
         }
     }
 
-    /// The user typed `line`: a name when one is wanted, else a message or
-    /// a command.
+    /// The user typed `line`: a name when one is wanted (unless it is
+    /// `/quit`), else a message or a command.
     fn typed(&mut self, line: &str) -> ControlFlow<ExitCode> {
-        if self.name.is_none() {
-            let name = line.trim();
-            match validate_name(name) {
-                Ok(()) => {
-                    self.name = Some(name.to_owned());
-                    self.join();
-                }
-                Err(why) => {
-                    self.show_alert(&why);
-                    self.ask_name();
-                }
-            }
+        if self.name.is_none() && command::parse(line) != Some(Command::Quit) {
+            self.named(line.trim());
             return ControlFlow::Continue(());
         }
         let request = match command::parse(line) {
@@ -229,6 +224,20 @@ impl Coordinator {
         };
         self.send(request);
         ControlFlow::Continue(())
+    }
+
+    /// The user chose a name.
+    fn named(&mut self, name: &str) {
+        match validate_name(name) {
+            Ok(()) => {
+                self.name = Some(name.to_owned());
+                self.join();
+            }
+            Err(why) => {
+                self.show_alert(&why);
+                self.ask_name();
+            }
+        }
     }
 
     /// A line that is answered here and never sent.

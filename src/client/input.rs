@@ -6,7 +6,7 @@
 //! reading at once, so that rustyline has given the terminal back (and
 //! saved the history) before the coordinator ends the process.
 
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead};
 use std::path::{Path, PathBuf};
 use std::thread;
 
@@ -147,19 +147,4 @@ fn spawn(body: impl FnOnce() + Send + 'static) {
         .name("input".into())
         .spawn(body)
         .expect("the input thread starts");
-}
-
-/// Prints to standard output, one event a line, for piped use: the
-/// counterpart of rustyline's printer, so the coordinator need not know
-/// which one it has.
-#[derive(Debug)]
-pub struct PlainPrinter;
-
-impl ExternalPrinter for PlainPrinter {
-    fn print(&mut self, msg: String) -> rustyline::Result<()> {
-        // Standard output is line-buffered, so each event leaves at once,
-        // which is what a script reading the pipe waits for.
-        io::stdout().lock().write_all(msg.as_bytes())?;
-        Ok(())
-    }
 }

@@ -5,19 +5,19 @@
 //! Three threads meet over `crossbeam-channel`, so that receiving never
 //! waits for typing and typing never waits for the network:
 //!
-//! - the **input** thread ([`input`]) reads lines, with `rustyline` on a
+//! - the **input** thread (`input.rs`) reads lines, with `rustyline` on a
 //!   terminal (editing, history, Tab completion) or plainly from a pipe;
-//! - the **socket** thread ([`connection`]) owns the WebSocket, reads with
+//! - the **socket** thread (`connection.rs`) owns the WebSocket, reads with
 //!   a short timeout so outgoing lines leave within 20 ms, and reconnects
 //!   with exponential backoff when the connection is lost;
-//! - the **coordinator** ([`coordinator`], the main thread) selects over
+//! - the **coordinator** (`coordinator.rs`, the main thread) selects over
 //!   both channels and handles one event at a time. On a terminal it
 //!   prints through rustyline's `ExternalPrinter`, which shows a line
 //!   above the prompt and redraws the half-typed line intact.
 //!
-//! Parsing commands ([`command`]), expanding `:shortcodes:`
-//! ([`shortcode`]), rendering ([`render`]), completing ([`complete`]) and
-//! the request JSON ([`wire`]) are pure and unit-tested.
+//! Parsing commands (`command.rs`), expanding `:shortcodes:`
+//! (`shortcode.rs`), rendering (`render.rs`), completing (`complete.rs`) and
+//! the request JSON (`wire.rs`) are pure and unit-tested.
 //!
 //! # Output
 //!
@@ -46,7 +46,9 @@
 //! When standard input or output is not a terminal, the client reads one
 //! message per line and exits once input has ended and the server has
 //! answered every line sent (with its echo, or an error). It needs
-//! `--name`. The exit status is 0 when every line was delivered, 1 when
+//! `--name`. Like every line, piped ones are paced a little under the
+//! server's default rate limit (16 at once, then 8 a second), so a long
+//! input is slowed down rather than refused. The exit status is 0 when every line was delivered, 1 when
 //! any was refused by the server, not sent (an unknown `/command`), or
 //! lost with a connection, when the name is refused, or when the server
 //! cannot be reached; 2 for a usage error.
@@ -60,13 +62,14 @@ mod render;
 mod shortcode;
 mod wire;
 
-use std::io::IsTerminal;
+use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use complete::Roster;
 use connection::NetEvent;
 use coordinator::Coordinator;
+use rustyline::ExternalPrinter;
 
 /// What the user asked for on the command line.
 #[derive(Debug, Clone)]
@@ -88,7 +91,7 @@ pub fn run(options: Options) -> ExitCode {
         Ok(url) => url,
         Err(why) => return usage_error(&why),
     };
-    let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let interactive = io::stdin().is_terminal() && io::stdout().is_terminal();
     if !interactive && options.name.is_none() {
         return usage_error("--name is needed when standard input is not a terminal");
     }
@@ -117,7 +120,7 @@ pub fn run(options: Options) -> ExitCode {
 
     let roster = Roster::default();
     let (lines, input) = crossbeam_channel::unbounded();
-    let printer: Box<dyn rustyline::ExternalPrinter> = if interactive {
+    let printer: Box<dyn ExternalPrinter> = if interactive {
         let history_file = options.history_file.or_else(default_history_file);
         match input::editor(roster.clone(), history_file.as_deref()) {
             Ok((editor, printer)) => {
@@ -131,7 +134,7 @@ pub fn run(options: Options) -> ExitCode {
         }
     } else {
         input::spawn_stdin(lines);
-        Box::new(input::PlainPrinter)
+        Box::new(PlainPrinter)
     };
     Coordinator::new(
         options.name,
@@ -154,4 +157,19 @@ fn default_history_file() -> Option<PathBuf> {
 fn usage_error(why: &str) -> ExitCode {
     eprintln!("lineclient: {why}");
     ExitCode::from(2)
+}
+
+/// Prints to standard output, one event a line, for piped use: the
+/// counterpart of rustyline's printer, so the coordinator need not know
+/// which one it has.
+#[derive(Debug)]
+struct PlainPrinter;
+
+impl ExternalPrinter for PlainPrinter {
+    fn print(&mut self, msg: String) -> rustyline::Result<()> {
+        // Standard output is line-buffered, so each event leaves at once,
+        // which is what a script reading the pipe waits for.
+        io::stdout().lock().write_all(msg.as_bytes())?;
+        Ok(())
+    }
 }
