@@ -12,7 +12,7 @@ use clap::Parser;
 /// names, Ctrl-D to leave. With standard input piped: one message per
 /// line, one event per line on standard output.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(name = "lineclient", version)]
 struct Args {
     /// The server: HOST:PORT, HOST, or ws://HOST:PORT/PATH.
     #[arg(default_value = "127.0.0.1:8765")]

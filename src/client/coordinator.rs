@@ -23,7 +23,7 @@ use rustyline::ExternalPrinter;
 use super::command::{self, Command, HELP};
 use super::complete::Roster;
 use super::connection::NetEvent;
-use super::input::Input;
+use super::input::{Input, NAME_QUESTION};
 use super::render::Renderer;
 use super::shortcode;
 use super::wire::Request;
@@ -110,10 +110,10 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// A coordinator for `name` (`None`: ask), with lines coming from
+    /// A coordinator that joins as `name`, with lines coming from
     /// `input` and the socket thread reporting on `net`.
     pub fn new(
-        name: Option<String>,
+        name: String,
         interactive: bool,
         color: bool,
         input: Receiver<Input>,
@@ -129,7 +129,7 @@ impl Coordinator {
             roster,
             interactive,
             conn: None,
-            name,
+            name: Some(name),
             joined: false,
             welcomed_before: false,
             last_id: None,
@@ -145,9 +145,6 @@ impl Coordinator {
     /// Runs until the user leaves (or, piped, until every line is
     /// answered), starting with `first`, the socket thread's first news.
     pub fn run(mut self, first: NetEvent) -> ExitCode {
-        if self.name.is_none() {
-            self.ask_name();
-        }
         let mut event = Event::Net(first);
         loop {
             if let ControlFlow::Break(code) = self.handle_event(event) {
@@ -438,9 +435,7 @@ impl Coordinator {
 
     /// Asks the user for a name; the next line typed is the answer.
     fn ask_name(&mut self) {
-        self.show(vec![self.renderer.notice(
-            "What's your name? (letters, digits, '_', '-' or '.', at most 32)",
-        )]);
+        self.show(vec![self.renderer.notice(NAME_QUESTION)]);
     }
 
     /// Shows `why` as an alert line.

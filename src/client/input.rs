@@ -17,9 +17,13 @@ use rustyline::{CompletionType, Config, Editor, ExternalPrinter};
 
 use super::command::{self, Command};
 use super::complete::{ChatHelper, Roster};
+use crate::protocol::validate_name;
 
 /// The prompt. Short, so the typed line keeps most of the width.
 const PROMPT: &str = "> ";
+
+/// What the user is asked when a name is needed.
+pub const NAME_QUESTION: &str = "What's your name? (letters, digits, '_', '-' or '.', at most 32)";
 
 /// Lines of history kept between runs: weeks of chatting, a small file.
 const HISTORY_LINES: usize = 1000;
@@ -58,6 +62,20 @@ pub fn editor(
     }
     let printer = editor.create_external_printer()?;
     Ok((editor, printer))
+}
+
+/// Asks for a name on the terminal until a valid one is typed; `None`
+/// when the user would rather leave (Ctrl-D, Ctrl-C).
+pub fn ask_name(editor: &mut Editor<ChatHelper, DefaultHistory>) -> Option<String> {
+    println!("{NAME_QUESTION}");
+    loop {
+        let line = editor.readline("name> ").ok()?;
+        let name = line.trim();
+        match validate_name(name) {
+            Ok(()) => return Some(name.to_owned()),
+            Err(why) => println!("! {why}"),
+        }
+    }
 }
 
 /// Reads lines with `editor` on a thread of its own until Ctrl-D or

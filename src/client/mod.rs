@@ -92,9 +92,6 @@ pub fn run(options: Options) -> ExitCode {
         Err(why) => return usage_error(&why),
     };
     let interactive = io::stdin().is_terminal() && io::stdout().is_terminal();
-    if !interactive && options.name.is_none() {
-        return usage_error("--name is needed when standard input is not a terminal");
-    }
     if let Some(Err(why)) = options.name.as_deref().map(crate::protocol::validate_name) {
         return usage_error(&format!("--name: {why}"));
     }
@@ -102,8 +99,33 @@ pub fn run(options: Options) -> ExitCode {
     let no_color_env = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
     let color = interactive && !options.no_color && !no_color_env;
 
-    // Connect before the line editor takes the terminal, so that a wrong
-    // address is a plain error message and an immediate exit.
+    let roster = Roster::default();
+    let history_file = options.history_file.or_else(default_history_file);
+    let mut terminal = None;
+    if interactive {
+        match input::editor(roster.clone(), history_file.as_deref()) {
+            Ok(editor_and_printer) => terminal = Some(editor_and_printer),
+            Err(err) => {
+                eprintln!("lineclient: cannot set up the terminal: {err}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    // The name comes before the connection, so that the server's join
+    // timeout does not run while the user thinks of one.
+    let name = match (options.name, &mut terminal) {
+        (Some(name), _) => name,
+        (None, Some((editor, _))) => match input::ask_name(editor) {
+            Some(name) => name,
+            None => return ExitCode::SUCCESS,
+        },
+        (None, None) => {
+            return usage_error("--name is needed when standard input is not a terminal")
+        }
+    };
+
+    // Connect before the input thread starts, so that a wrong address is a
+    // plain error message and an immediate exit.
     let (net_events, net) = crossbeam_channel::unbounded();
     connection::spawn(url, net_events);
     let first = match net.recv() {
@@ -118,34 +140,18 @@ pub fn run(options: Options) -> ExitCode {
         }
     };
 
-    let roster = Roster::default();
     let (lines, input) = crossbeam_channel::unbounded();
-    let printer: Box<dyn ExternalPrinter> = if interactive {
-        let history_file = options.history_file.or_else(default_history_file);
-        match input::editor(roster.clone(), history_file.as_deref()) {
-            Ok((editor, printer)) => {
-                input::spawn_editor(editor, history_file, lines);
-                Box::new(printer)
-            }
-            Err(err) => {
-                eprintln!("lineclient: cannot set up the terminal: {err}");
-                return ExitCode::FAILURE;
-            }
+    let printer: Box<dyn ExternalPrinter> = match terminal {
+        Some((editor, printer)) => {
+            input::spawn_editor(editor, history_file, lines);
+            Box::new(printer)
         }
-    } else {
-        input::spawn_stdin(lines);
-        Box::new(PlainPrinter)
+        None => {
+            input::spawn_stdin(lines);
+            Box::new(PlainPrinter)
+        }
     };
-    Coordinator::new(
-        options.name,
-        interactive,
-        color,
-        input,
-        net,
-        printer,
-        roster,
-    )
-    .run(first)
+    Coordinator::new(name, interactive, color, input, net, printer, roster).run(first)
 }
 
 /// The history file when `--history-file` is not given.
