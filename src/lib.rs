@@ -5,6 +5,7 @@ pub mod chat;
 pub mod config;
 pub mod connection;
 pub mod http;
+pub mod plain;
 pub mod protocol;
 pub mod rate_limit;
 pub mod room;
