@@ -6,6 +6,7 @@ pub mod client;
 pub mod config;
 pub mod connection;
 pub mod http;
+pub mod plain;
 pub mod protocol;
 pub mod rate_limit;
 pub mod room;

@@ -110,8 +110,9 @@ impl RawClient {
         }
     }
 
-    /// The next frame must be a close with `code`; then the server hangs up.
-    fn expect_close(&mut self, code: u16) {
+    /// The next frame must be a close with `code`; then the server hangs
+    /// up, and so do we (dropping the socket), as a real client does.
+    fn expect_close(mut self, code: u16) {
         let (opcode, payload) = self.read_frame();
         assert_eq!(opcode, CLOSE, "expected a close frame, payload {payload:?}");
         assert_eq!(
@@ -195,6 +196,9 @@ impl Scene {
                 break;
             }
         }
+        // Hang up first, as a real client would after the 1001: otherwise
+        // the server waits out its linger for the bystander's goodbye.
+        drop(self.bystander);
         self.server
             .shutdown()
             .expect("the server loop ended cleanly");
@@ -351,6 +355,7 @@ fn a_tls_client_hello_is_refused() {
     let head = read_http_head(&mut stream);
     assert!(head.starts_with("HTTP/1.1 400 "), "{head}");
     assert_hangs_up(&mut stream);
+    drop(stream);
     scene.finish();
 }
 
@@ -379,6 +384,7 @@ fn json_that_is_not_a_request_gets_an_error_and_the_connection_stays() {
         assert_eq!(error["type"], "error", "{probe}");
         assert_eq!(error["code"], code, "{probe}");
     }
+    drop(client);
     scene.finish();
 }
 
@@ -401,6 +407,7 @@ fn names_with_control_and_invisible_characters_are_refused() {
     // The connection is still usable for a good name.
     client.send_text(r#"{"type":"join","name":"fine"}"#);
     assert_eq!(client.next_json()["type"], "welcome");
+    drop(client);
     scene.finish();
 }
 
