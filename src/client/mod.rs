@@ -53,7 +53,7 @@
 //! lost with a connection, when the name is refused, or when the server
 //! cannot be reached; 2 for a usage error.
 
-mod command;
+pub mod command;
 mod complete;
 mod connection;
 mod coordinator;
