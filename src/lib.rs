@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod client;
+pub mod command;
 pub mod config;
 pub mod connection;
 pub mod http;
