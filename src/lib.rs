@@ -2,9 +2,12 @@
 //! `mio` event loop.
 
 pub mod chat;
+pub mod client;
+pub mod command;
 pub mod config;
 pub mod connection;
 pub mod http;
+pub mod plain;
 pub mod protocol;
 pub mod rate_limit;
 pub mod room;

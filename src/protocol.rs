@@ -19,11 +19,18 @@ pub const SERVER_ID: &str = concat!("mioserver/", env!("CARGO_PKG_VERSION"));
 pub const MAX_NAME_CHARS: usize = 32;
 
 /// A request from a client, parsed and type-checked but not yet validated
-/// against the room (names and text are checked by the room).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// against the room (names and text are checked by the room). The server
+/// parses it with [`parse_request`]; the line client serializes it with
+/// [`Request::to_json`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
 pub enum Request {
     /// Enter the room under `name`; `since` asks for history after that id.
-    Join { name: String, since: Option<u64> },
+    Join {
+        name: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        since: Option<u64>,
+    },
     /// A public message.
     Say { text: String },
     /// A private message to one user.
@@ -32,6 +39,14 @@ pub enum Request {
     Who,
     /// Change one's name.
     Nick { name: String },
+}
+
+impl Request {
+    /// The request as one text frame.
+    pub fn to_json(&self) -> String {
+        // Every field is a string or a number, so this cannot fail.
+        serde_json::to_string(self).expect("requests always serialize")
+    }
 }
 
 /// Why a text frame is not a [`Request`].
@@ -251,6 +266,8 @@ pub enum ServerMessage {
     Welcome {
         name: String,
         users: Vec<String>,
+        /// `message` events, each with its `"type":"message"`.
+        #[serde(serialize_with = "serialize_history")]
         history: Vec<Arc<ChatMessage>>,
         server: String,
     },
@@ -286,6 +303,19 @@ pub enum ServerMessage {
     Users { users: Vec<String> },
     /// A refused request.
     Error { code: ErrorCode, message: String },
+}
+
+/// Writes `welcome`'s history as the protocol says: a list of `message`
+/// events, tagged like the broadcast ones (reading ignores the tag).
+fn serialize_history<S: Serializer>(
+    history: &[Arc<ChatMessage>],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(
+        history
+            .iter()
+            .map(|message| ServerMessage::Message(Arc::clone(message))),
+    )
 }
 
 impl ServerMessage {
@@ -352,41 +382,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_every_request_type() {
-        assert_eq!(
-            parse_request(r#"{"type":"join","name":"Dave"}"#),
-            Ok(Request::Join {
-                name: "Dave".into(),
-                since: None
-            })
-        );
-        assert_eq!(
-            parse_request(r#"{"type":"join","name":"Dave","since":41}"#),
-            Ok(Request::Join {
-                name: "Dave".into(),
-                since: Some(41)
-            })
-        );
-        assert_eq!(
-            parse_request(r#"{"type":"say","text":"hello 😀"}"#),
-            Ok(Request::Say {
-                text: "hello 😀".into()
-            })
-        );
-        assert_eq!(
-            parse_request(r#"{"type":"dm","to":"Bob","text":"psst"}"#),
-            Ok(Request::Dm {
-                to: "Bob".into(),
-                text: "psst".into()
-            })
-        );
-        assert_eq!(parse_request(r#"{"type":"who"}"#), Ok(Request::Who));
-        assert_eq!(
-            parse_request(r#"{"type":"nick","name":"David"}"#),
-            Ok(Request::Nick {
-                name: "David".into()
-            })
-        );
+    fn every_request_type_parses_and_serializes_back() {
+        let cases = [
+            (
+                r#"{"type":"join","name":"Dave"}"#,
+                Request::Join {
+                    name: "Dave".into(),
+                    since: None,
+                },
+            ),
+            (
+                r#"{"type":"join","name":"Dave","since":41}"#,
+                Request::Join {
+                    name: "Dave".into(),
+                    since: Some(41),
+                },
+            ),
+            (
+                r#"{"type":"say","text":"hello 😀"}"#,
+                Request::Say {
+                    text: "hello 😀".into(),
+                },
+            ),
+            (
+                r#"{"type":"dm","to":"Bob","text":"psst"}"#,
+                Request::Dm {
+                    to: "Bob".into(),
+                    text: "psst".into(),
+                },
+            ),
+            (r#"{"type":"who"}"#, Request::Who),
+            (
+                r#"{"type":"nick","name":"David"}"#,
+                Request::Nick {
+                    name: "David".into(),
+                },
+            ),
+        ];
+        for (json, request) in cases {
+            assert_eq!(parse_request(json).as_ref(), Ok(&request), "{json}");
+            assert_eq!(request.to_json(), json);
+        }
     }
 
     #[test]
@@ -486,13 +522,18 @@ mod tests {
         assert_eq!(check_text(" x ", 4000), Ok(()));
     }
 
-    #[test]
-    fn server_messages_have_the_documented_shape() {
-        let ts = Timestamp(
+    /// The `ts` of PROTOCOL.md's examples.
+    fn example_ts() -> Timestamp {
+        Timestamp(
             DateTime::parse_from_rfc3339("2026-11-25T08:00:00.123Z")
                 .unwrap()
                 .with_timezone(&Utc),
-        );
+        )
+    }
+
+    #[test]
+    fn server_messages_have_the_documented_shape() {
+        let ts = example_ts();
         let message = ServerMessage::Message(Arc::new(ChatMessage {
             id: 42,
             ts,
@@ -514,5 +555,29 @@ mod tests {
         )
         .unwrap();
         assert_eq!(read, message);
+    }
+
+    #[test]
+    fn welcome_history_holds_message_events_and_reads_back() {
+        let welcome = ServerMessage::Welcome {
+            name: "Dave".into(),
+            users: vec!["Dave".into()],
+            history: vec![Arc::new(ChatMessage {
+                id: 42,
+                ts: example_ts(),
+                from: "Ann".into(),
+                text: "hi".into(),
+            })],
+            server: SERVER_ID.into(),
+        };
+        let json = welcome.to_json();
+        assert_eq!(
+            json,
+            r#"{"type":"welcome","name":"Dave","users":["Dave"],"history":[{"type":"message","id":42,"ts":"2026-11-25T08:00:00.123Z","from":"Ann","text":"hi"}],"server":"mioserver/0.1.0"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<ServerMessage>(&json).unwrap(),
+            welcome
+        );
     }
 }

@@ -1,0 +1,249 @@
+//! Plain-text mode: the server's messages as lines a person can read, for
+//! raw WebSocket clients such as `websocat` (PROTOCOL.md, "Plain-text mode").
+//!
+//! A connection whose first text frame is not a JSON object gets these
+//! lines instead of JSON, one line per text frame. Times are UTC, as the
+//! server cannot know the reader's time zone:
+//!
+//! ```text
+//! [08:00:00] Dave: hello
+//! [08:00:05] (dm) Dave -> Bob: psst
+//! [08:00:07] * Carol joined (3 online)
+//! [08:00:09] * Carol left (2 online)
+//! [08:00:11] * Dave is now known as David
+//! online (2): Bob, David
+//! error (name_taken): the name "Bob" is taken
+//! ```
+
+use crate::command::{self, Command};
+use crate::protocol::{Request, ServerMessage, Timestamp};
+
+/// The help for `/help`: the line client's command syntax.
+pub const HELP: &str = "\
+commands: text says it to everyone; dm NAME text (or DM, /dm, /msg) \
+sends a private message; /who lists who is online; /nick NAME changes \
+your name; /help shows this; /quit leaves";
+
+/// What one line from a plain-text client asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Line {
+    /// A request for the room.
+    Request(Request),
+    /// Something answered on the spot (help, usage), never sent to the room.
+    Reply(String),
+    /// The user wants to leave.
+    Quit,
+    /// A blank line: nothing to do.
+    Blank,
+}
+
+/// Understands one line: before the user has joined, it is the name
+/// (PROTOCOL.md: "that first frame is the name"); after, the line client's
+/// command syntax, parsed by the same [`command::parse`].
+pub fn interpret(joined: bool, line: &str) -> Line {
+    if !joined {
+        let name = line.trim();
+        if name.is_empty() {
+            return Line::Blank;
+        }
+        return Line::Request(Request::Join {
+            name: name.to_owned(),
+            since: None,
+        });
+    }
+    match command::parse(line) {
+        None => Line::Blank,
+        Some(Command::Say(text)) => Line::Request(Request::Say { text }),
+        Some(Command::Dm { to, text }) => Line::Request(Request::Dm { to, text }),
+        Some(Command::Who) => Line::Request(Request::Who),
+        Some(Command::Nick(name)) => Line::Request(Request::Nick { name }),
+        Some(Command::Help) => Line::Reply(HELP.to_owned()),
+        Some(Command::Quit) => Line::Quit,
+        Some(Command::Usage(usage)) => Line::Reply(usage.to_owned()),
+        Some(Command::Unknown(word)) => {
+            Line::Reply(format!("unknown command {word} (/help lists them)"))
+        }
+    }
+}
+
+/// `[HH:MM:SS]` in UTC.
+fn clock(ts: &Timestamp) -> String {
+    ts.0.format("[%H:%M:%S]").to_string()
+}
+
+/// The lines a plain-text client sees for one server message, in order.
+pub fn render(message: &ServerMessage) -> Vec<String> {
+    match message {
+        ServerMessage::Welcome {
+            name,
+            users,
+            history,
+            ..
+        } => {
+            let mut lines: Vec<String> = history
+                .iter()
+                .map(|m| format!("{} {}: {}", clock(&m.ts), m.from, m.text))
+                .collect();
+            lines.push(format!(
+                "welcome, {name}! online ({}): {} (type /help for commands)",
+                users.len(),
+                users.join(", ")
+            ));
+            lines
+        }
+        ServerMessage::Message(m) => vec![format!("{} {}: {}", clock(&m.ts), m.from, m.text)],
+        ServerMessage::Dm {
+            ts, from, to, text, ..
+        } => vec![format!("{} (dm) {from} -> {to}: {text}", clock(ts))],
+        ServerMessage::Joined { name, ts, online } => {
+            vec![format!("{} * {name} joined ({online} online)", clock(ts))]
+        }
+        ServerMessage::Left { name, ts, online } => {
+            vec![format!("{} * {name} left ({online} online)", clock(ts))]
+        }
+        ServerMessage::Renamed { from, to, ts } => {
+            vec![format!("{} * {from} is now known as {to}", clock(ts))]
+        }
+        ServerMessage::Users { users } => {
+            vec![format!("online ({}): {}", users.len(), users.join(", "))]
+        }
+        ServerMessage::Error { code, message } => vec![format!("error ({code}): {message}")],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{ChatMessage, ErrorCode};
+    use chrono::{DateTime, Utc};
+    use std::sync::Arc;
+
+    fn at(text: &str) -> Timestamp {
+        Timestamp(
+            DateTime::parse_from_rfc3339(text)
+                .unwrap()
+                .with_timezone(&Utc),
+        )
+    }
+
+    #[test]
+    fn the_first_line_is_the_name_then_commands() {
+        assert_eq!(
+            interpret(false, " Dave\r\n"),
+            Line::Request(Request::Join {
+                name: "Dave".into(),
+                since: None
+            })
+        );
+        assert_eq!(interpret(false, "  "), Line::Blank);
+        assert_eq!(
+            interpret(true, "hello"),
+            Line::Request(Request::Say {
+                text: "hello".into()
+            })
+        );
+        let dm = Line::Request(Request::Dm {
+            to: "Bob".into(),
+            text: "psst".into(),
+        });
+        for line in [
+            "dm Bob psst",
+            "DM Bob psst",
+            "/dm Bob psst",
+            "/msg Bob psst",
+        ] {
+            assert_eq!(interpret(true, line), dm, "{line}");
+        }
+        assert_eq!(interpret(true, "/who"), Line::Request(Request::Who));
+        assert_eq!(
+            interpret(true, "/nick David"),
+            Line::Request(Request::Nick {
+                name: "David".into()
+            })
+        );
+        assert_eq!(interpret(true, "/help"), Line::Reply(HELP.into()));
+        assert_eq!(interpret(true, "/quit"), Line::Quit);
+        assert_eq!(
+            interpret(true, "/frobnicate"),
+            Line::Reply("unknown command /frobnicate (/help lists them)".into())
+        );
+        assert_eq!(interpret(true, ""), Line::Blank);
+    }
+
+    #[test]
+    fn every_message_reads_as_a_line() {
+        let ts = at("2026-11-25T08:00:05.123Z");
+        let said = Arc::new(ChatMessage {
+            id: 1,
+            ts: at("2026-11-25T08:00:00Z"),
+            from: "Dave".into(),
+            text: "hello 😀".into(),
+        });
+        let cases = [
+            (
+                ServerMessage::Message(Arc::clone(&said)),
+                "[08:00:00] Dave: hello 😀",
+            ),
+            (
+                ServerMessage::Dm {
+                    id: 2,
+                    ts,
+                    from: "Dave".into(),
+                    to: "Bob".into(),
+                    text: "psst".into(),
+                },
+                "[08:00:05] (dm) Dave -> Bob: psst",
+            ),
+            (
+                ServerMessage::Joined {
+                    name: "Carol".into(),
+                    ts,
+                    online: 3,
+                },
+                "[08:00:05] * Carol joined (3 online)",
+            ),
+            (
+                ServerMessage::Left {
+                    name: "Carol".into(),
+                    ts,
+                    online: 2,
+                },
+                "[08:00:05] * Carol left (2 online)",
+            ),
+            (
+                ServerMessage::Renamed {
+                    from: "Dave".into(),
+                    to: "David".into(),
+                    ts,
+                },
+                "[08:00:05] * Dave is now known as David",
+            ),
+            (
+                ServerMessage::Users {
+                    users: vec!["Bob".into(), "David".into()],
+                },
+                "online (2): Bob, David",
+            ),
+            (
+                ServerMessage::error(ErrorCode::NameTaken, "the name \"Bob\" is taken"),
+                "error (name_taken): the name \"Bob\" is taken",
+            ),
+        ];
+        for (message, line) in cases {
+            assert_eq!(render(&message), [line]);
+        }
+        let welcome = ServerMessage::Welcome {
+            name: "Eve".into(),
+            users: vec!["Dave".into(), "Eve".into()],
+            history: vec![said],
+            server: crate::protocol::SERVER_ID.into(),
+        };
+        assert_eq!(
+            render(&welcome),
+            [
+                "[08:00:00] Dave: hello 😀",
+                "welcome, Eve! online (2): Dave, Eve (type /help for commands)"
+            ]
+        );
+    }
+}
