@@ -46,7 +46,7 @@ struct Args {
     #[arg(long, value_name = "S", default_value = "30", value_parser = seconds)]
     ping_timeout: Duration,
     /// Requests per second one connection may sustain; 0 turns limiting off.
-    #[arg(long, value_name = "R", default_value_t = 10.0)]
+    #[arg(long, value_name = "R", default_value = "10", value_parser = rate)]
     rate_limit: f64,
     /// Requests a connection may send at once before the limit applies.
     #[arg(long, value_name = "B", default_value_t = 20)]
@@ -59,12 +59,28 @@ struct Args {
     log_level: Option<log::LevelFilter>,
 }
 
-/// Parses a duration in seconds, fractions allowed (`0.2`).
+/// The longest duration a flag accepts: a year. Anything longer means
+/// "never" in practice, and far larger values would overflow the clock
+/// arithmetic of deadlines.
+const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
+/// Parses a duration in seconds, fractions allowed (`0.2`); more than zero
+/// and at most a year.
 fn seconds(text: &str) -> Result<Duration, String> {
-    let secs: f64 = text
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("{text:?} is not a valid duration"))
+    match text.parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs <= MAX_SECONDS => Ok(Duration::from_secs_f64(secs)),
+        _ => Err(format!(
+            "{text:?} is not a number of seconds above 0 and at most {MAX_SECONDS}"
+        )),
+    }
+}
+
+/// Parses a rate in requests per second: a finite number, zero or more.
+fn rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate >= 0.0 => Ok(rate),
+        _ => Err(format!("{text:?} is not a rate (a number, 0 or more)")),
+    }
 }
 
 fn main() -> ExitCode {

@@ -203,11 +203,15 @@ impl OutQueue {
 struct Io<'a, S> {
     socket: &'a mut S,
     out: &'a mut OutQueue,
+    /// Whether any bytes came in: the peer is alive.
+    heard: bool,
 }
 
 impl<S: Read> Read for Io<'_, S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.socket.read(buf)
+        let n = self.socket.read(buf)?;
+        self.heard |= n > 0;
+        Ok(n)
     }
 }
 
@@ -267,6 +271,10 @@ pub enum Input {
     Text(Utf8Bytes),
     /// A complete binary message.
     Binary(Bytes),
+    /// A ping or pong (answered already), or nothing usable yet: nothing
+    /// for the application, but it counts against the turn's read budget.
+    /// Read again.
+    Control,
     /// Nothing more to read now (the socket would block); wait for readiness.
     Drained,
     /// The connection is no longer open; no more input will come.
@@ -337,7 +345,7 @@ impl<S: Socket> Connection<S> {
     pub fn poll_input(&mut self, now: Instant, config: &ServerConfig) -> Input {
         let input = match self.phase {
             Phase::Handshake { .. } => self.read_head(now, config),
-            Phase::Open { .. } => self.read_frames(now),
+            Phase::Open { .. } => self.read_frames(now, config),
             Phase::Closing { .. } => return self.discard_input(),
             Phase::Closed => return Input::Finished,
         };
@@ -404,57 +412,64 @@ impl<S: Socket> Connection<S> {
         }
     }
 
-    fn read_frames(&mut self, now: Instant) -> Input {
+    fn read_frames(&mut self, now: Instant, config: &ServerConfig) -> Input {
+        if self.out.len() > config.max_outbound_bytes {
+            // Only automatic replies grow the queue while we read: a client
+            // that sends pings and never reads its pongs is as stuck as one
+            // that never reads its messages.
+            self.too_slow(now);
+            return Input::Finished;
+        }
         let Phase::Open { ws } = &mut self.phase else {
             unreachable!("read_frames is only called while open");
         };
         let mut io = Io {
             socket: &mut self.socket,
             out: &mut self.out,
+            heard: false,
         };
-        loop {
-            let error = match ws.read(&mut io) {
-                Ok(message) => {
-                    self.last_heard = now;
-                    self.ping_sent = None;
-                    match message {
-                        Message::Text(text) => return Input::Text(text),
-                        Message::Binary(data) => return Input::Binary(data),
-                        // tungstenite queued the pong itself.
-                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
-                        Message::Close(_) => {
-                            // Move tungstenite's queued close reply into our queue.
-                            let _ = ws.flush(&mut io);
-                            self.enter_closing(now);
-                            return Input::Finished;
-                        }
-                    }
-                }
-                Err(error) => error,
-            };
-            return match error {
-                WsError::Io(err) if err.kind() == io::ErrorKind::WouldBlock => Input::Drained,
-                WsError::Io(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                WsError::Capacity(_) => self.fail(CloseCode::Size, "message too big", now),
-                WsError::Utf8(_) => self.fail(CloseCode::Invalid, "invalid UTF-8", now),
-                WsError::Protocol(
-                    tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-                )
-                | WsError::Io(_)
-                | WsError::ConnectionClosed
-                | WsError::AlreadyClosed => {
-                    self.set_closed();
-                    Input::Finished
-                }
-                WsError::Protocol(err) => {
-                    log::debug!("{}: protocol error: {err}", self.peer);
-                    self.fail(CloseCode::Protocol, "protocol error", now)
-                }
-                other => {
-                    log::debug!("{}: WebSocket error: {other}", self.peer);
-                    self.fail(CloseCode::Error, "internal error", now)
-                }
-            };
+        let result = ws.read(&mut io);
+        if let Ok(Message::Close(_)) = result {
+            // Move tungstenite's queued close reply into our queue.
+            let _ = ws.flush(&mut io);
+        }
+        if io.heard {
+            // Any bytes prove the peer alive, even the middle of a long
+            // message: keepalive is about silence, not about whole frames.
+            self.last_heard = now;
+            self.ping_sent = None;
+        }
+        let error = match result {
+            Ok(Message::Text(text)) => return Input::Text(text),
+            Ok(Message::Binary(data)) => return Input::Binary(data),
+            // tungstenite queues the pong itself.
+            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => return Input::Control,
+            Ok(Message::Close(_)) => {
+                self.enter_closing(now);
+                return Input::Finished;
+            }
+            Err(error) => error,
+        };
+        match error {
+            WsError::Io(err) if err.kind() == io::ErrorKind::WouldBlock => Input::Drained,
+            WsError::Io(err) if err.kind() == io::ErrorKind::Interrupted => Input::Control,
+            WsError::Capacity(_) => self.fail(CloseCode::Size, "message too big", now),
+            WsError::Utf8(_) => self.fail(CloseCode::Invalid, "invalid UTF-8", now),
+            WsError::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake)
+            | WsError::Io(_)
+            | WsError::ConnectionClosed
+            | WsError::AlreadyClosed => {
+                self.set_closed();
+                Input::Finished
+            }
+            WsError::Protocol(err) => {
+                log::debug!("{}: protocol error: {err}", self.peer);
+                self.fail(CloseCode::Protocol, "protocol error", now)
+            }
+            other => {
+                log::debug!("{}: WebSocket error: {other}", self.peer);
+                self.fail(CloseCode::Error, "internal error", now)
+            }
         }
     }
 
@@ -496,17 +511,26 @@ impl<S: Socket> Connection<S> {
     /// Queues a frame for the client if the WebSocket is open. A client
     /// whose queue would pass `max_outbound` is too slow to keep up: what it
     /// has not started receiving is dropped and it is closed with 1013.
+    ///
+    /// An empty queue takes any one frame, so a message larger than the
+    /// bound (a `welcome` with a long history) cannot lock a client out.
     pub fn send(&mut self, frame: &SharedFrame, max_outbound: usize, now: Instant) {
         if !self.phase.is_open() {
             return;
         }
-        if self.out.len() + frame.len() > max_outbound {
-            log::info!("{}: disconnecting a client too slow to keep up", self.peer);
-            self.out.discard_unstarted();
-            self.close(CloseCode::Again, "too slow to keep up", now);
+        if !self.out.is_empty() && self.out.len() + frame.len() > max_outbound {
+            self.too_slow(now);
             return;
         }
         self.out.push_shared(frame);
+    }
+
+    /// Closes a client that does not read what it is sent, dropping what
+    /// it has not started to receive so the close frame goes right out.
+    fn too_slow(&mut self, now: Instant) {
+        log::info!("{}: disconnecting a client too slow to keep up", self.peer);
+        self.out.discard_unstarted();
+        self.close(CloseCode::Again, "too slow to keep up", now);
     }
 
     /// Starts the closing handshake with `code`, or simply closes a
@@ -517,6 +541,7 @@ impl<S: Socket> Connection<S> {
                 let mut io = Io {
                     socket: &mut self.socket,
                     out: &mut self.out,
+                    heard: false,
                 };
                 let frame = CloseFrame {
                     code,
@@ -600,6 +625,7 @@ impl<S: Socket> Connection<S> {
             let mut io = Io {
                 socket: &mut self.socket,
                 out: &mut self.out,
+                heard: false,
             };
             // Into our queue: cannot fail while open.
             let _ = ws.write(&mut io, Message::Ping(Bytes::new()));
@@ -860,6 +886,7 @@ mod tests {
         // A pong (any frame) resets the keepalive.
         conn.socket.input.push_back(client_frame(0xA, b""));
         let later = ping_at + Duration::from_secs(1);
+        assert!(matches!(conn.poll_input(later, &config), Input::Control));
         assert!(matches!(conn.poll_input(later, &config), Input::Drained));
         assert_eq!(
             conn.next_deadline(&config),
@@ -879,6 +906,63 @@ mod tests {
         conn.flush();
         assert_eq!(&conn.socket.written[2..4], &1001u16.to_be_bytes());
         assert_eq!(&conn.socket.written[4..], b"ping timeout");
+    }
+
+    #[test]
+    fn the_middle_of_a_long_message_counts_as_life() {
+        let start = Instant::now();
+        let config = config();
+        let mut conn = open_connection(start);
+        conn.admit();
+        let frame = client_frame(0x1, &[b'a'; 500]);
+        let later = start + config.ping_interval;
+        conn.socket.input.push_back(frame[..100].to_vec());
+        assert!(matches!(conn.poll_input(later, &config), Input::Drained));
+        assert_eq!(
+            conn.next_deadline(&config),
+            Some(later + config.ping_interval)
+        );
+    }
+
+    #[test]
+    fn a_ping_flood_that_never_reads_its_pongs_is_closed_with_1013() {
+        let now = Instant::now();
+        let config = ServerConfig {
+            max_outbound_bytes: 1000,
+            ..config()
+        };
+        let mut conn = open_connection(now);
+        // The client's socket takes nothing more; it only sends pings.
+        conn.socket.room = 0;
+        for _ in 0..200 {
+            conn.socket.input.push_back(client_frame(0x9, &[b'p'; 100]));
+        }
+        let mut pongs_read = 0;
+        loop {
+            match conn.poll_input(now, &config) {
+                Input::Control => pongs_read += 1,
+                Input::Finished => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(pongs_read < 20, "stopped at the bound, after {pongs_read}");
+        assert!(matches!(conn.phase, Phase::Closing { .. }));
+        conn.socket.room = usize::MAX;
+        conn.flush();
+        assert_eq!(&conn.socket.written[..4], &[0x88, 21, 0x03, 0xf5]);
+    }
+
+    #[test]
+    fn an_empty_queue_takes_one_frame_larger_than_the_bound() {
+        let now = Instant::now();
+        let mut conn = open_connection(now);
+        let big = encode_frame(Data::Text, "w".repeat(2000));
+        conn.send(&big, 1000, now);
+        assert!(conn.phase.is_open());
+        assert_eq!(conn.out.len(), big.len());
+        // Anything more while it waits is over the bound.
+        conn.send(&encode_frame(Data::Text, "x"), 1000, now);
+        assert!(matches!(conn.phase, Phase::Closing { .. }));
     }
 
     #[test]

@@ -401,6 +401,7 @@ impl<S: Service> Server<S> {
             };
             match input {
                 Input::Drained | Input::Finished => return,
+                Input::Control => {}
                 Input::Opened => self.service.opened(key, peer, &mut out),
                 Input::Text(text) => self.service.text(key, &text, &mut out),
                 Input::Binary(data) => self.service.binary(key, &data, &mut out),
