@@ -2,3 +2,4 @@
 //! `mio` event loop.
 
 pub mod protocol;
+pub mod bench;
