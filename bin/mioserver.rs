@@ -1,1 +1,139 @@
-fn main() {}
+//! `mioserver`: the chat server. Parses the command line of
+//! `shared/CLI.md`, sets up logging and signals, and runs the event loop on
+//! the main thread.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use miochat::chat::Chat;
+use miochat::config::{default_max_connections, ServerConfig};
+use miochat::server::Server;
+
+/// A real-time chat server on a hand-rolled mio event loop (WebSocket, JSON).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on; 0.0.0.0:8765 for every interface.
+    #[arg(default_value = "127.0.0.1:8765")]
+    addr: SocketAddr,
+    /// Public messages kept and sent on join.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    history: usize,
+    /// Largest WebSocket message accepted (close 1009 above).
+    #[arg(long, value_name = "N", default_value_t = 65536)]
+    max_message_bytes: usize,
+    /// Longest chat text in characters (error too_long above).
+    #[arg(long, value_name = "N", default_value_t = 4000)]
+    max_text_chars: usize,
+    /// Connections held at once [default: the open-files limit less a few].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Output queued for one client before it is disconnected as too slow (1013).
+    #[arg(long, value_name = "N", default_value_t = 1_048_576)]
+    max_outbound_bytes: usize,
+    /// Seconds for the HTTP upgrade request to complete.
+    #[arg(long, value_name = "S", default_value = "10", value_parser = seconds)]
+    handshake_timeout: Duration,
+    /// Seconds from the upgrade to a successful join (close 1008).
+    #[arg(long, value_name = "S", default_value = "10", value_parser = seconds)]
+    join_timeout: Duration,
+    /// Seconds of silence before the server pings a client.
+    #[arg(long, value_name = "S", default_value = "30", value_parser = seconds)]
+    ping_interval: Duration,
+    /// Seconds after a ping with no frame before the client is dropped (close 1001).
+    #[arg(long, value_name = "S", default_value = "30", value_parser = seconds)]
+    ping_timeout: Duration,
+    /// Requests per second one connection may sustain; 0 turns limiting off.
+    #[arg(long, value_name = "R", default_value_t = 10.0)]
+    rate_limit: f64,
+    /// Requests a connection may send at once before the limit applies.
+    #[arg(long, value_name = "B", default_value_t = 20)]
+    rate_burst: u32,
+    /// Connections one address may hold; 0 means no limit.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    max_connections_per_ip: usize,
+    /// Log level (error, warn, info, debug, trace); overrides RUST_LOG.
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<log::LevelFilter>,
+}
+
+/// Parses a duration in seconds, fractions allowed (`0.2`).
+fn seconds(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{text:?} is not a valid duration"))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if let Some(level) = args.log_level {
+        logger.filter_level(level);
+    }
+    // tungstenite logs whole frames at trace level, and a frame may be a
+    // DM: the server never logs those, whatever level is asked for.
+    logger
+        .filter_module("tungstenite", log::LevelFilter::Info)
+        .format_timestamp_millis()
+        .init();
+
+    let config = ServerConfig {
+        addr: args.addr,
+        history: args.history,
+        max_message_bytes: args.max_message_bytes,
+        max_text_chars: args.max_text_chars,
+        max_connections: args.max_connections.unwrap_or_else(default_max_connections),
+        max_connections_per_ip: args.max_connections_per_ip,
+        max_outbound_bytes: args.max_outbound_bytes,
+        handshake_timeout: args.handshake_timeout,
+        join_timeout: args.join_timeout,
+        ping_interval: args.ping_interval,
+        ping_timeout: args.ping_timeout,
+        rate_limit: args.rate_limit,
+        rate_burst: args.rate_burst,
+    };
+    let chat = Chat::new(&config);
+    let max_connections = config.max_connections;
+    let server = match Server::bind(config, chat) {
+        Ok(server) => server,
+        Err(err) => {
+            log::error!("cannot listen on {}: {err}", args.addr);
+            return ExitCode::FAILURE;
+        }
+    };
+    // Signals arrive on a small thread of their own, which only wakes the
+    // loop: the loop itself never blocks on anything but `poll`.
+    let shutdown = server.shutdown_handle();
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ]) {
+        Ok(signals) => signals,
+        Err(err) => {
+            log::error!("cannot install signal handlers: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            log::info!("signal {signal}: shutting down");
+            shutdown.request();
+        }
+    });
+    log::info!(
+        "mioserver {} listening on ws://{}/ (up to {max_connections} connections)",
+        env!("CARGO_PKG_VERSION"),
+        server.local_addr()
+    );
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            log::error!("event loop failed: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,5 +1,16 @@
 //! miochat: a real-time chat server and terminal client on a hand-rolled
 //! `mio` event loop.
 
-pub mod protocol;
 pub mod bench;
+pub mod chat;
+pub mod config;
+pub mod connection;
+pub mod http;
+pub mod protocol;
+pub mod rate_limit;
+pub mod room;
+pub mod server;
+pub mod timers;
+
+pub use config::ServerConfig;
+pub use server::ServerHandle;

@@ -1,0 +1,87 @@
+//! Every limit and timer of the server, with the defaults of
+//! `../shared/CLI.md`. The command line fills this in; tests build it directly
+//! with short timers.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The server's settings. Each field is one flag of `mioserver`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where to listen. Port 0 picks a free port (tests use that).
+    pub addr: SocketAddr,
+    /// Public messages kept and sent on join (`--history`).
+    pub history: usize,
+    /// Largest WebSocket message accepted; above it the connection is closed
+    /// with 1009 (`--max-message-bytes`).
+    pub max_message_bytes: usize,
+    /// Longest chat `text` in characters; above it `error` `too_long`
+    /// (`--max-text-chars`).
+    pub max_text_chars: usize,
+    /// Sockets held at once; beyond it new ones are dropped at accept
+    /// (`--max-connections`).
+    pub max_connections: usize,
+    /// Connections one IP address may hold; 0 means no limit
+    /// (`--max-connections-per-ip`).
+    pub max_connections_per_ip: usize,
+    /// Output queued for one client before it is disconnected as too slow
+    /// (`--max-outbound-bytes`).
+    pub max_outbound_bytes: usize,
+    /// Time from accept to a complete HTTP upgrade request
+    /// (`--handshake-timeout`).
+    pub handshake_timeout: Duration,
+    /// Time from the upgrade to a successful `join` (`--join-timeout`).
+    pub join_timeout: Duration,
+    /// Silence from a client after which the server pings it
+    /// (`--ping-interval`).
+    pub ping_interval: Duration,
+    /// Time after a ping without any frame before the server gives up on the
+    /// client (`--ping-timeout`).
+    pub ping_timeout: Duration,
+    /// Requests per second one connection may sustain; 0 turns limiting off
+    /// (`--rate-limit`).
+    pub rate_limit: f64,
+    /// Requests a connection may send at once before the limit applies
+    /// (`--rate-burst`).
+    pub rate_burst: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8765)),
+            history: 100,
+            max_message_bytes: 64 * 1024,
+            max_text_chars: 4000,
+            max_connections: default_max_connections(),
+            max_connections_per_ip: 0,
+            max_outbound_bytes: 1024 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            join_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(30),
+            ping_timeout: Duration::from_secs(30),
+            rate_limit: 10.0,
+            rate_burst: 20,
+        }
+    }
+}
+
+/// Descriptors kept free for the listener, the poll instance, the waker,
+/// log output and the spare descriptor used to shed connections when the
+/// process runs out (see `server.rs`), with room to spare.
+const RESERVED_DESCRIPTORS: u64 = 32;
+
+/// The default `--max-connections`: the soft open-files limit less a few
+/// descriptors the server needs for itself, so that accepting never fails
+/// with "too many open files" under the default settings.
+pub fn default_max_connections() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes into the struct we pass, which lives on
+    // our stack for the duration of the call.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    let soft = if ok { limit.rlim_cur } else { 1024 };
+    usize::try_from(soft.saturating_sub(RESERVED_DESCRIPTORS).max(1)).unwrap_or(usize::MAX)
+}

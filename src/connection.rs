@@ -1,0 +1,935 @@
+//! One client connection: the state machine from the first byte of its HTTP
+//! request to the last byte of its close, the queue of output waiting for the
+//! socket, and its deadlines.
+//!
+//! A connection never blocks and never calls `poll`: the event loop tells it
+//! when to read ([`Connection::poll_input`]), when to write
+//! ([`Connection::flush`]) and when a deadline passed
+//! ([`Connection::on_deadline`]). It is generic over the socket so that tests
+//! can drive it with a fake stream that returns `WouldBlock`.
+//!
+//! ```text
+//!  accept ──► Handshake ──upgrade──► Open ──close/error──► Closing ──► Closed
+//!                 │                                            ▲
+//!                 └──plain GET, bad request (HTTP response)────┘
+//! ```
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tungstenite::protocol::frame::Frame;
+use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext};
+use tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
+
+use crate::config::ServerConfig;
+use crate::http::{self, Head};
+
+/// How long a closing connection may take to send its last bytes and see
+/// the peer hang up before the socket is simply dropped. Two seconds lets a
+/// close frame cross a slow mobile link; longer would only keep dead peers'
+/// descriptors.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// tungstenite's read buffer. Its default (128 KiB, allocated eagerly) would
+/// cost 128 KiB per idle client; chat frames are small, and a larger message
+/// still arrives whole because the buffer grows for it.
+const READ_BUFFER_BYTES: usize = 8 * 1024;
+
+/// How many bytes one `read` of the request head takes at most.
+const HEAD_READ_CHUNK: usize = 2 * 1024;
+
+/// The most buffers handed to one `writev`. Linux accepts 1024; 64 already
+/// covers a turn's worth of chat frames for one client.
+const MAX_IOVECS: usize = 64;
+
+/// An empty queue keeps its allocation unless it grew past this many
+/// frames, so a burst does not pin memory on an idle connection.
+const KEPT_QUEUE_CAPACITY: usize = 16;
+
+/// A socket a connection can drive: a non-blocking byte stream that can
+/// also be half-closed.
+pub trait Socket: Read + Write {
+    /// Sends FIN after the queued bytes: "I will write no more".
+    fn shutdown_write(&self) -> io::Result<()>;
+}
+
+impl Socket for mio::net::TcpStream {
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+}
+
+/// An encoded WebSocket frame, shared by every connection it is sent to: a
+/// broadcast is framed once and each recipient's queue holds a pointer.
+pub type SharedFrame = Rc<[u8]>;
+
+/// Encodes a final (unfragmented) server frame: unmasked, so the same bytes
+/// are valid for every recipient.
+pub fn encode_frame(data: Data, payload: impl Into<Bytes>) -> SharedFrame {
+    let frame = Frame::message(payload, OpCode::Data(data), true);
+    let mut bytes = Vec::with_capacity(frame.len());
+    frame
+        .format(&mut bytes)
+        .expect("writing a frame into a Vec cannot fail");
+    bytes.into()
+}
+
+/// Output waiting for the socket, as a list of frames so that the frames of
+/// a broadcast are shared rather than copied.
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    /// Waiting chunks, oldest first. Only the first can be partly written.
+    chunks: VecDeque<Chunk>,
+    /// How many bytes of the first chunk are already written.
+    written: usize,
+    /// Unwritten bytes in all chunks: what `--max-outbound-bytes` bounds.
+    len: usize,
+}
+
+/// One piece of queued output.
+#[derive(Debug)]
+enum Chunk {
+    /// A frame shared with other connections.
+    Shared(SharedFrame),
+    /// Bytes only this connection sends: handshake responses, pongs, closes.
+    Owned(Vec<u8>),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Shared(frame) => frame,
+            Chunk::Owned(bytes) => bytes,
+        }
+    }
+}
+
+impl OutQueue {
+    /// Unwritten bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether everything has been written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Queues a shared frame.
+    pub fn push_shared(&mut self, frame: &SharedFrame) {
+        self.len += frame.len();
+        self.chunks.push_back(Chunk::Shared(Rc::clone(frame)));
+    }
+
+    /// Queues bytes of our own, appending to the last chunk when it is ours
+    /// and not yet on the wire, so small writes become one buffer.
+    pub fn push_bytes(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.len += bytes.len();
+        let last_untouched = self.chunks.len() > 1 || self.written == 0;
+        match self.chunks.back_mut() {
+            Some(Chunk::Owned(tail)) if last_untouched => tail.extend_from_slice(bytes),
+            _ => self.chunks.push_back(Chunk::Owned(bytes.to_vec())),
+        }
+    }
+
+    /// Drops every chunk not yet started, keeping the one partly on the
+    /// wire so the stream stays well-formed: room for a last close frame.
+    pub fn discard_unstarted(&mut self) {
+        let keep = usize::from(self.written > 0);
+        self.chunks.truncate(keep);
+        self.len = self
+            .chunks
+            .front()
+            .map_or(0, |chunk| chunk.bytes().len() - self.written);
+    }
+
+    /// Writes as much as the sink takes. Returns `Ok` when the queue is
+    /// empty or the sink would block (check [`is_empty`](Self::is_empty));
+    /// any other error means the connection is broken.
+    pub fn write_to<W: Write>(&mut self, sink: &mut W) -> io::Result<()> {
+        while !self.chunks.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut count = 0;
+            for (slot, chunk) in slices.iter_mut().zip(&self.chunks) {
+                *slot = IoSlice::new(chunk.bytes());
+                count += 1;
+            }
+            slices[0] = IoSlice::new(&self.chunks[0].bytes()[self.written..]);
+            match sink.write_vectored(&slices[..count]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.consume(n),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets `n` written bytes from the front.
+    fn consume(&mut self, mut n: usize) {
+        self.len -= n;
+        while n > 0 {
+            let left_in_first = self.chunks[0].bytes().len() - self.written;
+            if n < left_in_first {
+                self.written += n;
+                return;
+            }
+            n -= left_in_first;
+            self.chunks.pop_front();
+            self.written = 0;
+        }
+        if self.chunks.is_empty() && self.chunks.capacity() > KEPT_QUEUE_CAPACITY {
+            self.chunks = VecDeque::new();
+        }
+    }
+}
+
+/// The socket as tungstenite sees it: reads come from the network, writes
+/// go to our queue (so tungstenite never sees `WouldBlock` on write and its
+/// automatic pongs and close replies keep their place in the output order).
+struct Io<'a, S> {
+    socket: &'a mut S,
+    out: &'a mut OutQueue,
+}
+
+impl<S: Read> Read for Io<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.socket.read(buf)
+    }
+}
+
+impl<S> Write for Io<'_, S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.push_bytes(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Where a connection is in its life.
+#[derive(Debug)]
+pub enum Phase {
+    /// Reading the HTTP request head; holds the bytes so far.
+    Handshake { head: Vec<u8> },
+    /// The WebSocket is open. tungstenite's context parses frames and keeps
+    /// the close state; the socket stays ours.
+    Open { ws: Box<WebSocketContext> },
+    /// Our last bytes (an HTTP response or a close frame) are being flushed.
+    /// Input is read and thrown away until the peer hangs up, so the kernel
+    /// never answers unread input with a reset that would destroy them.
+    Closing {
+        /// Whether we have sent FIN (after the queue emptied).
+        write_shut: bool,
+        /// Whether the peer has hung up (read returned 0 or failed).
+        peer_gone: bool,
+    },
+    /// Finished: the loop removes the connection at the end of the turn.
+    Closed,
+}
+
+impl Phase {
+    /// Whether the application may send to and hear from this connection.
+    pub fn is_open(&self) -> bool {
+        matches!(self, Phase::Open { .. })
+    }
+
+    /// Whether the connection is done and can be removed.
+    pub fn is_closed(&self) -> bool {
+        matches!(self, Phase::Closed)
+    }
+}
+
+/// What reading from a connection produced.
+#[derive(Debug)]
+pub enum Input {
+    /// The WebSocket upgrade completed: the application may greet the client.
+    Opened,
+    /// A plain `GET` for this path: the application answers it with
+    /// [`Connection::respond`].
+    HttpGet(String),
+    /// A complete text message.
+    Text(Utf8Bytes),
+    /// A complete binary message.
+    Binary(Bytes),
+    /// Nothing more to read now (the socket would block); wait for readiness.
+    Drained,
+    /// The connection is no longer open; no more input will come.
+    Finished,
+}
+
+/// One connection's state.
+#[derive(Debug)]
+pub struct Connection<S> {
+    /// The socket; dropping the connection closes it.
+    pub socket: S,
+    /// The peer's address, for logs and per-address limits.
+    pub peer: SocketAddr,
+    /// A number no other connection of this server has, so stale timer
+    /// entries of a reused slab key can be recognised.
+    pub serial: u64,
+    /// Where the connection is in its life.
+    pub phase: Phase,
+    /// Output waiting for the socket.
+    pub out: OutQueue,
+    /// When the connection was accepted: the handshake deadline runs from here.
+    accepted_at: Instant,
+    /// Until the application admits the connection (a successful `join`),
+    /// the time by which it must, else it is closed with 1008.
+    admit_by: Option<Instant>,
+    /// When the last complete frame arrived: the ping timer runs from here.
+    last_heard: Instant,
+    /// When we pinged and have not heard anything since.
+    ping_sent: Option<Instant>,
+    /// When a closing connection is dropped whatever the peer does.
+    close_by: Option<Instant>,
+    /// Set when the connection leaves `Open`; the loop takes it to tell the
+    /// application exactly once.
+    goodbye_pending: bool,
+    /// The deadline currently armed in the timer heap, if any.
+    pub armed: Option<Instant>,
+    /// Whether WRITABLE interest is registered (only while output waits).
+    pub write_interest: bool,
+    /// Whether the loop has this connection on its list for the end of the
+    /// turn, so it is listed once however much happens to it.
+    pub touched: bool,
+}
+
+impl<S: Socket> Connection<S> {
+    /// A freshly accepted connection, waiting for its HTTP request.
+    pub fn new(socket: S, peer: SocketAddr, serial: u64, now: Instant) -> Self {
+        Connection {
+            socket,
+            peer,
+            serial,
+            phase: Phase::Handshake { head: Vec::new() },
+            out: OutQueue::default(),
+            accepted_at: now,
+            admit_by: None,
+            last_heard: now,
+            ping_sent: None,
+            close_by: None,
+            goodbye_pending: false,
+            armed: None,
+            write_interest: false,
+            touched: false,
+        }
+    }
+
+    /// Reads until one thing happens (see [`Input`]). Call it again until it
+    /// returns [`Input::Drained`] or [`Input::Finished`]: with edge-triggered
+    /// readiness, no new event comes while unread data is waiting.
+    pub fn poll_input(&mut self, now: Instant, config: &ServerConfig) -> Input {
+        match &mut self.phase {
+            Phase::Handshake { .. } => self.read_head(now, config),
+            Phase::Open { .. } => self.read_frames(now),
+            Phase::Closing { .. } => self.discard_input(),
+            Phase::Closed => Input::Finished,
+        }
+    }
+
+    fn read_head(&mut self, now: Instant, config: &ServerConfig) -> Input {
+        let Phase::Handshake { head } = &mut self.phase else {
+            unreachable!("read_head is only called while handshaking");
+        };
+        loop {
+            let start = head.len();
+            head.resize(start + HEAD_READ_CHUNK, 0);
+            let read = self.socket.read(&mut head[start..]);
+            head.truncate(start + *read.as_ref().unwrap_or(&0));
+            match read {
+                Ok(0) => {
+                    self.phase = Phase::Closed;
+                    return Input::Finished;
+                }
+                Ok(_) => {}
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Input::Drained,
+                Err(_) => {
+                    self.phase = Phase::Closed;
+                    return Input::Finished;
+                }
+            }
+            match http::parse_head(head) {
+                Ok(None) => continue,
+                Ok(Some((Head::Upgrade { key }, len))) => {
+                    let leftover = head.split_off(len);
+                    self.out.push_bytes(&http::upgrade_response(&key));
+                    let ws_config = WebSocketConfig::default()
+                        .read_buffer_size(READ_BUFFER_BYTES)
+                        .max_message_size(Some(config.max_message_bytes))
+                        .max_frame_size(Some(config.max_message_bytes));
+                    let ws = WebSocketContext::from_partially_read(
+                        leftover,
+                        Role::Server,
+                        Some(ws_config),
+                    );
+                    self.phase = Phase::Open { ws: Box::new(ws) };
+                    self.last_heard = now;
+                    self.admit_by = Some(now + config.join_timeout);
+                    return Input::Opened;
+                }
+                Ok(Some((Head::Get { path }, _))) => {
+                    // The answer comes from the application via `respond`;
+                    // until then the connection is closing so nothing else
+                    // is read as a request.
+                    self.enter_closing(now);
+                    return Input::HttpGet(path);
+                }
+                Err(refusal) => {
+                    log::debug!("{}: refused HTTP request: {}", self.peer, refusal.reason);
+                    self.respond(&refusal.response(), now);
+                    return Input::Finished;
+                }
+            }
+        }
+    }
+
+    fn read_frames(&mut self, now: Instant) -> Input {
+        let Phase::Open { ws } = &mut self.phase else {
+            unreachable!("read_frames is only called while open");
+        };
+        let mut io = Io {
+            socket: &mut self.socket,
+            out: &mut self.out,
+        };
+        loop {
+            let error = match ws.read(&mut io) {
+                Ok(message) => {
+                    self.last_heard = now;
+                    self.ping_sent = None;
+                    match message {
+                        Message::Text(text) => return Input::Text(text),
+                        Message::Binary(data) => return Input::Binary(data),
+                        // tungstenite queued the pong itself.
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+                        Message::Close(_) => {
+                            // Move tungstenite's queued close reply into our queue.
+                            let _ = ws.flush(&mut io);
+                            self.enter_closing(now);
+                            return Input::Finished;
+                        }
+                    }
+                }
+                Err(error) => error,
+            };
+            return match error {
+                WsError::Io(err) if err.kind() == io::ErrorKind::WouldBlock => Input::Drained,
+                WsError::Io(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                WsError::Capacity(_) => self.fail(CloseCode::Size, "message too big", now),
+                WsError::Utf8(_) => self.fail(CloseCode::Invalid, "invalid UTF-8", now),
+                WsError::Protocol(
+                    tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                )
+                | WsError::Io(_)
+                | WsError::ConnectionClosed
+                | WsError::AlreadyClosed => {
+                    self.set_closed();
+                    Input::Finished
+                }
+                WsError::Protocol(err) => {
+                    log::debug!("{}: protocol error: {err}", self.peer);
+                    self.fail(CloseCode::Protocol, "protocol error", now)
+                }
+                other => {
+                    log::debug!("{}: WebSocket error: {other}", self.peer);
+                    self.fail(CloseCode::Error, "internal error", now)
+                }
+            };
+        }
+    }
+
+    /// Closes with `code` after an input error; the input stream is no
+    /// longer trusted, so what follows is discarded.
+    fn fail(&mut self, code: CloseCode, reason: &str, now: Instant) -> Input {
+        self.close(code, reason, now);
+        Input::Finished
+    }
+
+    fn discard_input(&mut self) -> Input {
+        let mut sink = [0u8; 4096];
+        loop {
+            match self.socket.read(&mut sink) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Input::Drained,
+                Err(_) => break,
+            }
+        }
+        if let Phase::Closing { peer_gone, .. } = &mut self.phase {
+            *peer_gone = true;
+        }
+        self.finish_closing();
+        Input::Finished
+    }
+
+    /// Queues a complete HTTP response and closes after it.
+    pub fn respond(&mut self, response: &[u8], now: Instant) {
+        self.out.push_bytes(response);
+        self.enter_closing(now);
+    }
+
+    /// Queues a frame for the client if the WebSocket is open. A client
+    /// whose queue would pass `max_outbound` is too slow to keep up: what it
+    /// has not started receiving is dropped and it is closed with 1013.
+    pub fn send(&mut self, frame: &SharedFrame, max_outbound: usize, now: Instant) {
+        if !self.phase.is_open() {
+            return;
+        }
+        if self.out.len() + frame.len() > max_outbound {
+            log::info!("{}: disconnecting a client too slow to keep up", self.peer);
+            self.out.discard_unstarted();
+            self.close(CloseCode::Again, "too slow to keep up", now);
+            return;
+        }
+        self.out.push_shared(frame);
+    }
+
+    /// Starts the closing handshake with `code`, or simply closes a
+    /// connection that never became a WebSocket. Does nothing once closing.
+    pub fn close(&mut self, code: CloseCode, reason: &str, now: Instant) {
+        match &mut self.phase {
+            Phase::Open { ws } => {
+                let mut io = Io {
+                    socket: &mut self.socket,
+                    out: &mut self.out,
+                };
+                let frame = CloseFrame {
+                    code,
+                    reason: reason.into(),
+                };
+                // Writing goes to our queue, which cannot fail.
+                let _ = ws.close(&mut io, Some(frame));
+                self.enter_closing(now);
+            }
+            Phase::Handshake { .. } => self.set_closed(),
+            Phase::Closing { .. } | Phase::Closed => {}
+        }
+    }
+
+    /// The application accepted the client: the join deadline no longer applies.
+    pub fn admit(&mut self) {
+        self.admit_by = None;
+    }
+
+    /// Writes queued output. On a write error the connection is closed at
+    /// once: nothing more can reach the peer.
+    pub fn flush(&mut self) {
+        if self.phase.is_closed() {
+            return;
+        }
+        if let Err(err) = self.out.write_to(&mut self.socket) {
+            log::debug!("{}: write failed: {err}", self.peer);
+            self.set_closed();
+            return;
+        }
+        self.finish_closing();
+    }
+
+    /// In `Closing`: once the queue is empty send FIN, and once the peer has
+    /// hung up too, the connection is done.
+    fn finish_closing(&mut self) {
+        let Phase::Closing {
+            write_shut,
+            peer_gone,
+        } = &mut self.phase
+        else {
+            return;
+        };
+        if !*write_shut && self.out.is_empty() {
+            *write_shut = true;
+            if self.socket.shutdown_write().is_err() {
+                *peer_gone = true;
+            }
+        }
+        if *write_shut && *peer_gone {
+            self.set_closed();
+        }
+    }
+
+    /// Handles whatever deadline has passed at `now`.
+    pub fn on_deadline(&mut self, now: Instant, config: &ServerConfig) {
+        match self.phase {
+            Phase::Handshake { .. } if now >= self.accepted_at + config.handshake_timeout => {
+                log::debug!("{}: handshake timeout", self.peer);
+                self.set_closed();
+            }
+            Phase::Open { .. } => {
+                if self.admit_by.is_some_and(|at| now >= at) {
+                    self.close(CloseCode::Policy, "join timeout", now);
+                } else if let Some(sent) = self.ping_sent {
+                    if now >= sent + config.ping_timeout {
+                        log::debug!("{}: ping timeout", self.peer);
+                        self.close(CloseCode::Away, "ping timeout", now);
+                    }
+                } else if now >= self.last_heard + config.ping_interval {
+                    self.ping(now);
+                }
+            }
+            Phase::Closing { .. } if self.close_by.is_some_and(|at| now >= at) => self.set_closed(),
+            _ => {}
+        }
+    }
+
+    fn ping(&mut self, now: Instant) {
+        if let Phase::Open { ws } = &mut self.phase {
+            let mut io = Io {
+                socket: &mut self.socket,
+                out: &mut self.out,
+            };
+            // Into our queue: cannot fail while open.
+            let _ = ws.write(&mut io, Message::Ping(Bytes::new()));
+            let _ = ws.flush(&mut io);
+            self.ping_sent = Some(now);
+        }
+    }
+
+    /// The next instant [`on_deadline`](Self::on_deadline) has work to do.
+    pub fn next_deadline(&self, config: &ServerConfig) -> Option<Instant> {
+        match self.phase {
+            Phase::Handshake { .. } => Some(self.accepted_at + config.handshake_timeout),
+            Phase::Open { .. } => {
+                let keepalive = match self.ping_sent {
+                    Some(sent) => sent + config.ping_timeout,
+                    None => self.last_heard + config.ping_interval,
+                };
+                Some(self.admit_by.map_or(keepalive, |at| at.min(keepalive)))
+            }
+            Phase::Closing { .. } => self.close_by,
+            Phase::Closed => None,
+        }
+    }
+
+    /// Takes the "left `Open`" notice, so the application hears of it once.
+    pub fn take_goodbye(&mut self) -> bool {
+        std::mem::take(&mut self.goodbye_pending)
+    }
+
+    fn enter_closing(&mut self, now: Instant) {
+        self.leave_open();
+        self.phase = Phase::Closing {
+            write_shut: false,
+            peer_gone: false,
+        };
+        self.close_by = Some(now + CLOSE_LINGER);
+    }
+
+    fn set_closed(&mut self) {
+        self.leave_open();
+        self.phase = Phase::Closed;
+    }
+
+    fn leave_open(&mut self) {
+        if self.phase.is_open() {
+            self.goodbye_pending = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    /// A socket that hands out scripted input and takes limited output,
+    /// answering `WouldBlock` whenever a real non-blocking socket would.
+    #[derive(Default)]
+    struct FakeSocket {
+        /// Input chunks; each `read` takes at most one. Between chunks and
+        /// when empty, reads would block (unless `eof`).
+        input: VecDeque<Vec<u8>>,
+        /// Whether the peer has hung up once the input is used.
+        eof: bool,
+        /// Everything written so far.
+        written: Vec<u8>,
+        /// How many more bytes the "kernel buffer" takes before blocking.
+        room: usize,
+        /// Whether `shutdown_write` was called.
+        shut: Cell<bool>,
+    }
+
+    impl Read for FakeSocket {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match self.input.front_mut() {
+                Some(chunk) => {
+                    let n = chunk.len().min(buf.len());
+                    buf[..n].copy_from_slice(&chunk[..n]);
+                    chunk.drain(..n);
+                    if chunk.is_empty() {
+                        self.input.pop_front();
+                    }
+                    Ok(n)
+                }
+                None if self.eof => Ok(0),
+                None => Err(io::ErrorKind::WouldBlock.into()),
+            }
+        }
+    }
+
+    impl Write for FakeSocket {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.room);
+            self.room -= n;
+            self.written.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Socket for FakeSocket {
+        fn shutdown_write(&self) -> io::Result<()> {
+            self.shut.set(true);
+            Ok(())
+        }
+    }
+
+    const UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+    /// A masked client frame, as a browser would send it.
+    fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        let mut frame = vec![0x80 | opcode];
+        match payload.len() {
+            len @ 0..=125 => frame.push(0x80 | len as u8),
+            len @ 126..=0xffff => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            len => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+        frame
+    }
+
+    fn config() -> ServerConfig {
+        ServerConfig {
+            max_message_bytes: 1000,
+            ..ServerConfig::default()
+        }
+    }
+
+    /// A connection that has completed its upgrade and flushed the 101.
+    fn open_connection(now: Instant) -> Connection<FakeSocket> {
+        let socket = FakeSocket {
+            input: VecDeque::from([UPGRADE.to_vec()]),
+            room: usize::MAX,
+            ..FakeSocket::default()
+        };
+        let mut conn = Connection::new(socket, "127.0.0.1:9".parse().unwrap(), 1, now);
+        assert!(matches!(conn.poll_input(now, &config()), Input::Opened));
+        conn.flush();
+        conn.socket.written.clear();
+        conn
+    }
+
+    #[test]
+    fn handshake_dribbled_one_byte_at_a_time() {
+        let now = Instant::now();
+        let socket = FakeSocket {
+            room: usize::MAX,
+            ..FakeSocket::default()
+        };
+        let mut conn = Connection::new(socket, "127.0.0.1:9".parse().unwrap(), 1, now);
+        for &byte in &UPGRADE[..UPGRADE.len() - 1] {
+            conn.socket.input.push_back(vec![byte]);
+            // Each byte is taken, then the socket would block: keep waiting.
+            assert!(matches!(conn.poll_input(now, &config()), Input::Drained));
+        }
+        assert!(matches!(conn.phase, Phase::Handshake { .. }));
+        conn.socket
+            .input
+            .push_back(UPGRADE[UPGRADE.len() - 1..].to_vec());
+        assert!(matches!(conn.poll_input(now, &config()), Input::Opened));
+        conn.flush();
+        let response = String::from_utf8(conn.socket.written.clone()).unwrap();
+        assert!(response.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
+        assert!(response.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+    }
+
+    #[test]
+    fn frames_split_anywhere_arrive_whole() {
+        let now = Instant::now();
+        let mut conn = open_connection(now);
+        let mut bytes = client_frame(0x1, "héllo".as_bytes());
+        bytes.extend(client_frame(0x1, b"second"));
+        for byte in bytes {
+            conn.socket.input.push_back(vec![byte]);
+        }
+        let mut texts = Vec::new();
+        loop {
+            match conn.poll_input(now, &config()) {
+                Input::Text(text) => texts.push(text.as_str().to_owned()),
+                Input::Drained if conn.socket.input.is_empty() => break,
+                Input::Drained => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(texts, ["héllo", "second"]);
+    }
+
+    #[test]
+    fn output_survives_partial_writes_and_would_block() {
+        let now = Instant::now();
+        let mut conn = open_connection(now);
+        let frames: Vec<SharedFrame> = (0..5)
+            .map(|i| encode_frame(Data::Text, format!("message {i}")))
+            .collect();
+        for frame in &frames {
+            conn.send(frame, usize::MAX, now);
+        }
+        let expected: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
+        // The kernel takes 7 bytes per turn: the queue resumes mid-frame.
+        while !conn.out.is_empty() {
+            conn.socket.room = 7;
+            conn.flush();
+            assert_eq!(conn.out.len(), expected.len() - conn.socket.written.len());
+        }
+        assert_eq!(conn.socket.written, expected);
+    }
+
+    #[test]
+    fn a_client_too_slow_to_keep_up_is_closed_with_1013() {
+        let now = Instant::now();
+        let mut conn = open_connection(now);
+        let frame = encode_frame(Data::Text, "x".repeat(100));
+        conn.send(&frame, 250, now);
+        // Half of the first frame reaches the wire, then the client stalls.
+        conn.socket.room = 50;
+        conn.flush();
+        conn.send(&frame, 250, now);
+        conn.send(&frame, 250, now);
+        assert!(matches!(conn.phase, Phase::Closing { .. }));
+        conn.socket.room = usize::MAX;
+        conn.flush();
+        let written = &conn.socket.written;
+        // The rest of the started frame, then the close frame: 1013 and reason.
+        assert_eq!(&written[..frame.len()], &frame[..]);
+        let close = &written[frame.len()..];
+        assert_eq!(close[0], 0x88);
+        assert_eq!(&close[2..4], &1013u16.to_be_bytes());
+        assert_eq!(&close[4..], b"too slow to keep up");
+        assert!(conn.socket.shut.get(), "FIN follows the close frame");
+        assert!(conn.take_goodbye());
+    }
+
+    #[test]
+    fn silence_brings_a_ping_then_a_close() {
+        let start = Instant::now();
+        let config = config();
+        let mut conn = open_connection(start);
+        conn.admit();
+        let ping_at = start + config.ping_interval;
+        assert_eq!(conn.next_deadline(&config), Some(ping_at));
+        conn.on_deadline(ping_at, &config);
+        conn.flush();
+        assert_eq!(conn.socket.written, [0x89, 0x00]);
+        // A pong (any frame) resets the keepalive.
+        conn.socket.input.push_back(client_frame(0xA, b""));
+        let later = ping_at + Duration::from_secs(1);
+        assert!(matches!(conn.poll_input(later, &config), Input::Drained));
+        assert_eq!(
+            conn.next_deadline(&config),
+            Some(later + config.ping_interval)
+        );
+        // This time the client stays silent.
+        let second_ping = later + config.ping_interval;
+        conn.socket.written.clear();
+        conn.on_deadline(second_ping, &config);
+        conn.flush();
+        assert_eq!(conn.socket.written, [0x89, 0x00]);
+        let give_up = second_ping + config.ping_timeout;
+        assert_eq!(conn.next_deadline(&config), Some(give_up));
+        conn.on_deadline(give_up, &config);
+        assert!(matches!(conn.phase, Phase::Closing { .. }));
+        conn.socket.written.clear();
+        conn.flush();
+        assert_eq!(&conn.socket.written[2..4], &1001u16.to_be_bytes());
+        assert_eq!(&conn.socket.written[4..], b"ping timeout");
+    }
+
+    #[test]
+    fn no_join_in_time_is_closed_with_1008() {
+        let start = Instant::now();
+        let config = config();
+        let mut conn = open_connection(start);
+        let deadline = start + config.join_timeout;
+        assert_eq!(conn.next_deadline(&config), Some(deadline));
+        conn.on_deadline(deadline, &config);
+        conn.flush();
+        assert_eq!(&conn.socket.written[2..4], &1008u16.to_be_bytes());
+    }
+
+    #[test]
+    fn an_oversized_frame_is_refused_from_its_header() {
+        let now = Instant::now();
+        let mut conn = open_connection(now);
+        // Only the header of a 1001-byte frame: the limit is 1000.
+        let frame = client_frame(0x1, &[b'a'; 1001]);
+        conn.socket.input.push_back(frame[..8].to_vec());
+        assert!(matches!(conn.poll_input(now, &config()), Input::Finished));
+        conn.flush();
+        assert_eq!(&conn.socket.written[2..4], &1009u16.to_be_bytes());
+    }
+
+    #[test]
+    fn a_closing_connection_ends_when_the_peer_hangs_up() {
+        let now = Instant::now();
+        let mut conn = open_connection(now);
+        conn.socket
+            .input
+            .push_back(client_frame(0x8, &1000u16.to_be_bytes()));
+        assert!(matches!(conn.poll_input(now, &config()), Input::Finished));
+        assert!(conn.take_goodbye());
+        conn.flush();
+        // Our close reply went out, then FIN.
+        assert_eq!(conn.socket.written, [0x88, 0x02, 0x03, 0xe8]);
+        assert!(conn.socket.shut.get());
+        assert!(!conn.phase.is_closed(), "waits for the peer to hang up");
+        conn.socket.eof = true;
+        assert!(matches!(conn.poll_input(now, &config()), Input::Finished));
+        assert!(conn.phase.is_closed());
+        assert!(!conn.take_goodbye(), "the application hears of it once");
+    }
+
+    #[test]
+    fn a_bad_request_gets_its_status_then_the_connection_closes() {
+        let now = Instant::now();
+        let socket = FakeSocket {
+            input: VecDeque::from([b"POST / HTTP/1.1\r\n\r\n".to_vec()]),
+            room: usize::MAX,
+            eof: true,
+            ..FakeSocket::default()
+        };
+        let mut conn = Connection::new(socket, "127.0.0.1:9".parse().unwrap(), 1, now);
+        assert!(matches!(conn.poll_input(now, &config()), Input::Finished));
+        conn.flush();
+        assert!(conn
+            .socket
+            .written
+            .starts_with(b"HTTP/1.1 405 Method Not Allowed\r\n"));
+        assert!(matches!(conn.poll_input(now, &config()), Input::Finished));
+        assert!(conn.phase.is_closed());
+        assert!(!conn.take_goodbye(), "never opened, so no goodbye");
+    }
+}

@@ -1,0 +1,244 @@
+//! The HTTP/1.1 part of a WebSocket server: reading the request head that
+//! opens every connection, and writing the few responses the server gives.
+//!
+//! The server parses the head itself (with `httparse`) instead of letting
+//! tungstenite do it, because not every request is an upgrade: `GET /healthz`
+//! is answered with JSON and other plain requests with `426`, and each
+//! refusal must name its own status code.
+
+use tungstenite::handshake::derive_accept_key;
+
+/// The largest request head accepted. Browsers send well under 2 KiB; 8 KiB
+/// is what common proxies allow, and it bounds what a client can make us
+/// buffer before the upgrade.
+pub const MAX_HEAD_BYTES: usize = 8 * 1024;
+
+/// The most header lines parsed. Beyond it the request is refused with 431.
+const MAX_HEADERS: usize = 32;
+
+/// A complete, acceptable request head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Head {
+    /// A valid WebSocket upgrade request.
+    Upgrade {
+        /// The client's `Sec-WebSocket-Key`, from which the accept key is derived.
+        key: String,
+    },
+    /// A plain `GET` (no upgrade) for this path; the application answers it.
+    Get {
+        /// The request target, e.g. `/healthz`.
+        path: String,
+    },
+}
+
+/// A request head the server refuses, with the status it answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The HTTP status code.
+    pub status: u16,
+    /// Why, for the response body and the debug log.
+    pub reason: &'static str,
+}
+
+impl Refusal {
+    fn new(status: u16, reason: &'static str) -> Self {
+        Refusal { status, reason }
+    }
+
+    /// The full response for this refusal; the connection closes after it.
+    pub fn response(&self) -> Vec<u8> {
+        let extra = match self.status {
+            405 => "Allow: GET\r\n",
+            // RFC 6455 4.4: tell the client which version we speak.
+            426 => "Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n",
+            _ => "",
+        };
+        response(
+            self.status,
+            extra,
+            "text/plain; charset=utf-8",
+            format!("{}\n", self.reason).as_bytes(),
+        )
+    }
+}
+
+/// Parses the request head at the start of `buf`.
+///
+/// `Ok(None)`: the head is not complete yet, read more. `Ok(Some((head,
+/// len)))`: a complete head of `len` bytes; anything after it already belongs
+/// to the WebSocket stream. `Err`: refuse with that status and close.
+pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, Refusal> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let len = match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
+            return Err(Refusal::new(431, "request head too large"))
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Refusal::new(431, "too many header fields"))
+        }
+        Err(_) => return Err(Refusal::new(400, "malformed HTTP request")),
+    };
+    if len > MAX_HEAD_BYTES {
+        return Err(Refusal::new(431, "request head too large"));
+    }
+    if request.method != Some("GET") {
+        return Err(Refusal::new(405, "only GET is served here"));
+    }
+    let path = request.path.unwrap_or("/").to_owned();
+    let header = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).into_owned())
+    };
+    let wants_upgrade =
+        header("Upgrade").is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+    if !wants_upgrade {
+        return Ok(Some((Head::Get { path }, len)));
+    }
+    if request.version != Some(1) {
+        return Err(Refusal::new(400, "WebSocket needs HTTP/1.1"));
+    }
+    let connection_upgrade = header("Connection").is_some_and(|v| {
+        v.split(',')
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+    });
+    if !connection_upgrade {
+        return Err(Refusal::new(400, "missing \"Connection: Upgrade\""));
+    }
+    if header("Sec-WebSocket-Version").as_deref().map(str::trim) != Some("13") {
+        return Err(Refusal::new(426, "only WebSocket version 13 is supported"));
+    }
+    match header("Sec-WebSocket-Key") {
+        // The key is 16 random bytes in base64: always 24 characters.
+        Some(key) if key.trim().len() == 24 => Ok(Some((
+            Head::Upgrade {
+                key: key.trim().to_owned(),
+            },
+            len,
+        ))),
+        _ => Err(Refusal::new(400, "missing or malformed Sec-WebSocket-Key")),
+    }
+}
+
+/// The `101 Switching Protocols` answer to an upgrade with this key.
+pub fn upgrade_response(key: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        derive_accept_key(key.as_bytes())
+    )
+    .into_bytes()
+}
+
+/// A complete response that closes the connection after the body.
+/// `extra_headers` is zero or more `Name: value\r\n` lines.
+pub fn response(status: u16, extra_headers: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status} {}\r\n{extra_headers}Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        status_text(status),
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// The reason phrase of the statuses this server uses.
+fn status_text(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UPGRADE: &str = "GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+    #[test]
+    fn accepts_an_upgrade_and_says_where_the_head_ends() {
+        let mut bytes = UPGRADE.as_bytes().to_vec();
+        bytes.extend_from_slice(b"\x81\x80");
+        let (head, len) = parse_head(&bytes).unwrap().unwrap();
+        assert_eq!(
+            head,
+            Head::Upgrade {
+                key: "dGhlIHNhbXBsZSBub25jZQ==".into()
+            }
+        );
+        assert_eq!(len, UPGRADE.len());
+        // The example from RFC 6455 section 1.3.
+        let response = String::from_utf8(upgrade_response("dGhlIHNhbXBsZSBub25jZQ==")).unwrap();
+        assert!(response.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+    }
+
+    #[test]
+    fn waits_for_the_rest_of_a_partial_head() {
+        for cut in [0, 1, 10, UPGRADE.len() - 1] {
+            assert_eq!(
+                parse_head(&UPGRADE.as_bytes()[..cut]),
+                Ok(None),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn plain_get_is_left_to_the_application() {
+        let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(
+            parse_head(request),
+            Ok(Some((
+                Head::Get {
+                    path: "/healthz".into()
+                },
+                request.len()
+            )))
+        );
+    }
+
+    #[test]
+    fn refuses_bad_requests_with_the_right_status() {
+        let status = |request: &str| parse_head(request.as_bytes()).unwrap_err().status;
+        assert_eq!(status(&UPGRADE.replace("GET", "POST")), 405);
+        assert_eq!(status(&UPGRADE.replace("Version: 13", "Version: 8")), 426);
+        assert_eq!(
+            status(&UPGRADE.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "")),
+            400
+        );
+        assert_eq!(
+            status(&UPGRADE.replace("keep-alive, Upgrade", "keep-alive")),
+            400
+        );
+        assert_eq!(status(&UPGRADE.replace("HTTP/1.1", "HTTP/1.0")), 400);
+        let tls_hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03";
+        assert_eq!(parse_head(tls_hello).unwrap_err().status, 400);
+        let huge = format!(
+            "GET / HTTP/1.1\r\nX-Big: {}\r\n",
+            "a".repeat(MAX_HEAD_BYTES)
+        );
+        assert_eq!(status(&huge), 431);
+        let many: String = (0..40).map(|i| format!("X-{i}: y\r\n")).collect();
+        assert_eq!(status(&format!("GET / HTTP/1.1\r\n{many}\r\n")), 431);
+    }
+
+    #[test]
+    fn refusals_are_complete_responses() {
+        let text = String::from_utf8(Refusal::new(426, "old").response()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
+        assert!(text.contains("Sec-WebSocket-Version: 13\r\n"));
+        assert!(text.ends_with("Content-Length: 4\r\nConnection: close\r\n\r\nold\n"));
+    }
+}

@@ -1,0 +1,925 @@
+//! The chat room as pure logic: who is in it, under which name, and what
+//! each request makes the server send to whom.
+//!
+//! The room never touches a socket or reads the clock. The event loop hands
+//! it each parsed request together with the time, and gets back a list of
+//! [`Delivery`]s to write. That keeps every rule of `PROTOCOL.md` testable
+//! with a plain `assert_eq!`. The room also logs nothing, so private
+//! messages cannot leak into a log from here.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use crate::protocol::{
+    self, name_key, validate_name, ChatMessage, ErrorCode, Request, ServerMessage, Timestamp,
+};
+
+/// The connection's key, chosen by the server; the room never interprets it.
+pub type UserId = usize;
+
+/// How many public messages are kept for newcomers: the default N of
+/// `PROTOCOL.md`, enough to pick up a conversation in progress.
+const DEFAULT_HISTORY_LEN: usize = 100;
+
+/// The longest chat text, in characters: the default of `PROTOCOL.md`, a
+/// long paragraph but not a pasted file.
+const DEFAULT_MAX_TEXT_CHARS: usize = 4000;
+
+/// The room's limits; the server fills them in from its command-line flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomConfig {
+    /// How many of the latest public messages are kept for `welcome`; 0
+    /// keeps none.
+    pub history_len: usize,
+    /// The longest `text` of a `say` or `dm`, in characters.
+    pub max_text_chars: usize,
+}
+
+impl Default for RoomConfig {
+    fn default() -> Self {
+        RoomConfig {
+            history_len: DEFAULT_HISTORY_LEN,
+            max_text_chars: DEFAULT_MAX_TEXT_CHARS,
+        }
+    }
+}
+
+/// Who a [`Delivery`] goes to. The server resolves it to connections as it
+/// sends, so the room never builds a list of recipients per message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// One connection, joined or not: answers and errors.
+    One(UserId),
+    /// A DM: sender and recipient; when both are the same user, deliver once.
+    Pair(UserId, UserId),
+    /// Every joined user.
+    Everyone,
+    /// Every joined user but this one: the newcomer, who gets `welcome`
+    /// instead of `joined`.
+    EveryoneExcept(UserId),
+}
+
+/// One message to send, and to whom.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// The recipients.
+    pub to: Audience,
+    /// What they receive.
+    pub message: ServerMessage,
+}
+
+/// The chat room: its members and their names, the public history, and the
+/// message id sequence.
+#[derive(Debug)]
+pub struct Room {
+    /// The limits the room enforces.
+    config: RoomConfig,
+    /// Each joined user's current name, as they spelled it. Its keys are the
+    /// members, which the server walks for every broadcast.
+    names: HashMap<UserId, String>,
+    /// Each joined user under the [`name_key`] of their name, so that `join`,
+    /// `nick` and `dm` find a name's owner in O(1), case-insensitively.
+    by_key: HashMap<String, UserId>,
+    /// The latest public messages, oldest first, at most
+    /// `config.history_len` of them. Each is shared with the `message` that
+    /// announced it and with every `welcome`, so its text is stored once.
+    history: VecDeque<Arc<ChatMessage>>,
+    /// The id the next `message` or `dm` gets. It starts at 1, so that
+    /// `since: 0` asks for everything kept.
+    next_id: u64,
+}
+
+impl Room {
+    /// An empty room.
+    pub fn new(config: RoomConfig) -> Room {
+        Room {
+            config,
+            names: HashMap::new(),
+            by_key: HashMap::new(),
+            history: VecDeque::new(),
+            next_id: 1,
+        }
+    }
+
+    /// Handles one parsed request from `user` at time `now`, appending what must be sent to `out`.
+    ///
+    /// A `nick` to exactly one's current name changes nothing, so its
+    /// `renamed` goes to the requester alone: the request is answered, and
+    /// nobody else is told of a change that did not happen.
+    pub fn handle(
+        &mut self,
+        user: UserId,
+        request: Request,
+        now: Timestamp,
+        out: &mut Vec<Delivery>,
+    ) {
+        let outcome = match request {
+            Request::Join { name, since } => self.join(user, name, since, now, out),
+            // Every arm below relies on this one: only joined users pass.
+            _ if !self.is_joined(user) => Err(ServerMessage::error(
+                ErrorCode::NotJoined,
+                "join the room with a name first",
+            )),
+            Request::Say { text } => self.say(user, text, now, out),
+            Request::Dm { to, text } => self.dm(user, &to, text, now, out),
+            Request::Who => {
+                out.push(Delivery {
+                    to: Audience::One(user),
+                    message: ServerMessage::Users {
+                        users: self.user_names(),
+                    },
+                });
+                Ok(())
+            }
+            Request::Nick { name } => self.nick(user, name, now, out),
+        };
+        if let Err(error) = outcome {
+            out.push(Delivery {
+                to: Audience::One(user),
+                message: error,
+            });
+        }
+    }
+
+    /// `user`'s connection is gone. If it had joined: remove it and announce `left` to everyone remaining. Otherwise nothing.
+    pub fn leave(&mut self, user: UserId, now: Timestamp, out: &mut Vec<Delivery>) {
+        let Some(name) = self.names.remove(&user) else {
+            return;
+        };
+        self.by_key.remove(&name_key(&name));
+        out.push(Delivery {
+            to: Audience::Everyone,
+            message: ServerMessage::Left {
+                name,
+                ts: now,
+                online: self.online(),
+            },
+        });
+    }
+
+    /// Whether `user` has joined (and not left).
+    pub fn is_joined(&self, user: UserId) -> bool {
+        self.names.contains_key(&user)
+    }
+
+    /// `user`'s current name, if joined.
+    pub fn name(&self, user: UserId) -> Option<&str> {
+        self.names.get(&user).map(String::as_str)
+    }
+
+    /// How many users have joined: the `online` of `/healthz`.
+    pub fn online(&self) -> usize {
+        self.names.len()
+    }
+
+    /// The joined users, in no particular order.
+    pub fn members(&self) -> impl Iterator<Item = UserId> + '_ {
+        self.names.keys().copied()
+    }
+
+    /// The next id the room will hand out; with persistence later it lets ids continue across restarts.
+    pub fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
+    /// The names of all joined users, for `welcome` and `users`.
+    fn user_names(&self) -> Vec<String> {
+        self.names.values().cloned().collect()
+    }
+
+    /// A `join`: on success, `welcome` to the newcomer and `joined` to the
+    /// others. The error, if any, is for the requester alone.
+    fn join(
+        &mut self,
+        user: UserId,
+        name: String,
+        since: Option<u64>,
+        now: Timestamp,
+        out: &mut Vec<Delivery>,
+    ) -> Result<(), ServerMessage> {
+        if self.is_joined(user) {
+            return Err(ServerMessage::error(
+                ErrorCode::AlreadyJoined,
+                "you have already joined; use nick to change your name",
+            ));
+        }
+        let key = self.available_key(user, &name)?;
+        self.by_key.insert(key, user);
+        self.names.insert(user, name.clone());
+        // History is in id order, so the messages a resuming client already
+        // has are a prefix; an old `since` skips nothing.
+        let skip = since.map_or(0, |since| {
+            self.history.partition_point(|message| message.id <= since)
+        });
+        out.push(Delivery {
+            to: Audience::One(user),
+            message: ServerMessage::Welcome {
+                name: name.clone(),
+                users: self.user_names(),
+                history: self.history.range(skip..).cloned().collect(),
+                server: protocol::SERVER_ID.to_owned(),
+            },
+        });
+        out.push(Delivery {
+            to: Audience::EveryoneExcept(user),
+            message: ServerMessage::Joined {
+                name,
+                ts: now,
+                online: self.online(),
+            },
+        });
+        Ok(())
+    }
+
+    /// A `say`: a `message` to everyone, kept in history.
+    fn say(
+        &mut self,
+        user: UserId,
+        text: String,
+        now: Timestamp,
+        out: &mut Vec<Delivery>,
+    ) -> Result<(), ServerMessage> {
+        self.check_text(&text)?;
+        let message = Arc::new(ChatMessage {
+            id: self.take_id(),
+            ts: now,
+            from: self.names[&user].clone(),
+            text,
+        });
+        self.history.push_back(Arc::clone(&message));
+        // History never exceeds its bound, so one pop restores it (and with
+        // a bound of 0 removes the message just added).
+        if self.history.len() > self.config.history_len {
+            self.history.pop_front();
+        }
+        out.push(Delivery {
+            to: Audience::Everyone,
+            message: ServerMessage::Message(message),
+        });
+        Ok(())
+    }
+
+    /// A `dm`: to its recipient and its sender, never into history.
+    fn dm(
+        &mut self,
+        user: UserId,
+        to: &str,
+        text: String,
+        now: Timestamp,
+        out: &mut Vec<Delivery>,
+    ) -> Result<(), ServerMessage> {
+        self.check_text(&text)?;
+        let Some(&recipient) = self.by_key.get(&name_key(to)) else {
+            return Err(ServerMessage::error(
+                ErrorCode::UnknownUser,
+                format!("nobody named {to:?} is online"),
+            ));
+        };
+        out.push(Delivery {
+            to: Audience::Pair(user, recipient),
+            message: ServerMessage::Dm {
+                id: self.take_id(),
+                ts: now,
+                from: self.names[&user].clone(),
+                to: self.names[&recipient].clone(),
+                text,
+            },
+        });
+        Ok(())
+    }
+
+    /// A `nick`: `renamed` to everyone, or to the requester alone when the
+    /// name is exactly the current one.
+    fn nick(
+        &mut self,
+        user: UserId,
+        name: String,
+        now: Timestamp,
+        out: &mut Vec<Delivery>,
+    ) -> Result<(), ServerMessage> {
+        let key = self.available_key(user, &name)?;
+        let from = self.names[&user].clone();
+        let to = if from == name {
+            Audience::One(user)
+        } else {
+            // Remove before inserting: a change of case keeps the same key.
+            self.by_key.remove(&name_key(&from));
+            self.by_key.insert(key, user);
+            self.names.insert(user, name.clone());
+            Audience::Everyone
+        };
+        out.push(Delivery {
+            to,
+            message: ServerMessage::Renamed {
+                from,
+                to: name,
+                ts: now,
+            },
+        });
+        Ok(())
+    }
+
+    /// Checks that `user` may go by `name`: it must be valid, and not the
+    /// name of anyone else (one's own, in any case, is fine). Returns its
+    /// [`name_key`].
+    fn available_key(&self, user: UserId, name: &str) -> Result<String, ServerMessage> {
+        validate_name(name)
+            .map_err(|reason| ServerMessage::error(ErrorCode::InvalidName, reason))?;
+        let key = name_key(name);
+        match self.by_key.get(&key) {
+            Some(&owner) if owner != user => Err(ServerMessage::error(
+                ErrorCode::NameTaken,
+                format!("the name {name:?} is already taken"),
+            )),
+            _ => Ok(key),
+        }
+    }
+
+    /// Checks the `text` of a `say` or `dm` against [`protocol::check_text`],
+    /// with a sentence explaining a refusal.
+    fn check_text(&self, text: &str) -> Result<(), ServerMessage> {
+        let max = self.config.max_text_chars;
+        protocol::check_text(text, max).map_err(|code| {
+            let message = match code {
+                ErrorCode::EmptyText => "a message cannot be empty or only whitespace".to_owned(),
+                // `check_text` has no other refusal than these two.
+                _ => format!("a message has at most {max} characters"),
+            };
+            ServerMessage::error(code, message)
+        })
+    }
+
+    /// Hands out the next message id. A `u64` does not run out: at a
+    /// million messages a second it lasts over half a million years.
+    fn take_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::DateTime;
+
+    use Audience::{Everyone, EveryoneExcept, One, Pair};
+
+    /// The users the tests join, by their connection keys.
+    const ALICE: UserId = 10;
+    const BOB: UserId = 20;
+    const CAROL: UserId = 30;
+    const DAVE: UserId = 40;
+    const ERIN: UserId = 50;
+
+    /// A distinct instant per call site, so each test sees which `now` ended
+    /// up in which `ts`.
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp(DateTime::from_timestamp(seconds, 0).expect("a valid instant"))
+    }
+
+    /// Runs one request and returns what it produced, with every list of
+    /// users sorted, since the protocol promises them in no order.
+    fn run(room: &mut Room, user: UserId, request: Request, now: Timestamp) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        room.handle(user, request, now, &mut out);
+        for delivery in &mut out {
+            if let ServerMessage::Welcome { users, .. } | ServerMessage::Users { users } =
+                &mut delivery.message
+            {
+                users.sort();
+            }
+        }
+        out
+    }
+
+    /// What `leave` produced.
+    fn leave(room: &mut Room, user: UserId, now: Timestamp) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        room.leave(user, now, &mut out);
+        out
+    }
+
+    fn join(name: &str) -> Request {
+        Request::Join {
+            name: name.into(),
+            since: None,
+        }
+    }
+
+    fn join_since(name: &str, since: u64) -> Request {
+        Request::Join {
+            name: name.into(),
+            since: Some(since),
+        }
+    }
+
+    fn say(text: &str) -> Request {
+        Request::Say { text: text.into() }
+    }
+
+    fn dm(to: &str, text: &str) -> Request {
+        Request::Dm {
+            to: to.into(),
+            text: text.into(),
+        }
+    }
+
+    fn nick(name: &str) -> Request {
+        Request::Nick { name: name.into() }
+    }
+
+    /// An `error` for `user` alone.
+    fn refused(user: UserId, code: ErrorCode, message: &str) -> Delivery {
+        Delivery {
+            to: One(user),
+            message: ServerMessage::error(code, message),
+        }
+    }
+
+    /// A public message as broadcast and as kept in history.
+    fn chat(id: u64, ts: Timestamp, from: &str, text: &str) -> Arc<ChatMessage> {
+        Arc::new(ChatMessage {
+            id,
+            ts,
+            from: from.into(),
+            text: text.into(),
+        })
+    }
+
+    /// A room with `users` joined at time 0, their deliveries discarded.
+    fn room_with(config: RoomConfig, users: &[(UserId, &str)]) -> Room {
+        let mut room = Room::new(config);
+        for &(user, name) in users {
+            run(&mut room, user, join(name), at(0));
+        }
+        room
+    }
+
+    /// The `welcome` history `user` gets for the join `request`.
+    fn history_on_join(room: &mut Room, user: UserId, request: Request) -> Vec<Arc<ChatMessage>> {
+        match run(room, user, request, at(0)).remove(0).message {
+            ServerMessage::Welcome { history, .. } => history,
+            other => panic!("expected a welcome, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_protocols() {
+        assert_eq!(
+            RoomConfig::default(),
+            RoomConfig {
+                history_len: 100,
+                max_text_chars: 4000
+            }
+        );
+    }
+
+    #[test]
+    fn everything_but_join_is_refused_before_joining() {
+        let mut room = room_with(RoomConfig::default(), &[(ALICE, "Alice")]);
+        for request in [say("hi"), dm("Alice", "hi"), Request::Who, nick("Bob")] {
+            assert_eq!(
+                run(&mut room, BOB, request, at(1)),
+                [refused(
+                    BOB,
+                    ErrorCode::NotJoined,
+                    "join the room with a name first"
+                )]
+            );
+        }
+        assert!(!room.is_joined(BOB));
+        assert_eq!(room.next_id(), 1);
+    }
+
+    #[test]
+    fn join_welcomes_the_newcomer_and_tells_the_others() {
+        let mut room = Room::new(RoomConfig::default());
+        assert_eq!(
+            run(&mut room, ALICE, join("Alice"), at(1)),
+            [
+                Delivery {
+                    to: One(ALICE),
+                    message: ServerMessage::Welcome {
+                        name: "Alice".into(),
+                        users: vec!["Alice".into()],
+                        history: vec![],
+                        server: protocol::SERVER_ID.into(),
+                    },
+                },
+                Delivery {
+                    to: EveryoneExcept(ALICE),
+                    message: ServerMessage::Joined {
+                        name: "Alice".into(),
+                        ts: at(1),
+                        online: 1,
+                    },
+                },
+            ]
+        );
+        assert_eq!(
+            run(&mut room, BOB, join("Bob"), at(2)),
+            [
+                Delivery {
+                    to: One(BOB),
+                    message: ServerMessage::Welcome {
+                        name: "Bob".into(),
+                        users: vec!["Alice".into(), "Bob".into()],
+                        history: vec![],
+                        server: protocol::SERVER_ID.into(),
+                    },
+                },
+                Delivery {
+                    to: EveryoneExcept(BOB),
+                    message: ServerMessage::Joined {
+                        name: "Bob".into(),
+                        ts: at(2),
+                        online: 2,
+                    },
+                },
+            ]
+        );
+        assert!(room.is_joined(ALICE) && room.is_joined(BOB));
+        assert_eq!(room.name(BOB), Some("Bob"));
+        assert_eq!(room.online(), 2);
+        let mut members: Vec<UserId> = room.members().collect();
+        members.sort();
+        assert_eq!(members, [ALICE, BOB]);
+    }
+
+    #[test]
+    fn a_second_join_is_refused() {
+        let mut room = room_with(RoomConfig::default(), &[(ALICE, "Alice")]);
+        assert_eq!(
+            run(&mut room, ALICE, join("Other"), at(1)),
+            [refused(
+                ALICE,
+                ErrorCode::AlreadyJoined,
+                "you have already joined; use nick to change your name"
+            )]
+        );
+        assert_eq!(room.name(ALICE), Some("Alice"));
+    }
+
+    #[test]
+    fn names_of_32_characters_are_accepted_and_33_refused() {
+        let mut room = Room::new(RoomConfig::default());
+        // Two bytes a character: the limit counts characters, not bytes.
+        let long = "é".repeat(33);
+        let reason = validate_name(&long).unwrap_err();
+        assert_eq!(
+            run(&mut room, ALICE, join(&long), at(1)),
+            [refused(ALICE, ErrorCode::InvalidName, &reason)]
+        );
+        assert!(!room.is_joined(ALICE));
+        // A refused join leaves the user free to try again.
+        let longest = "é".repeat(32);
+        let out = run(&mut room, ALICE, join(&longest), at(2));
+        assert_eq!(
+            out[1],
+            Delivery {
+                to: EveryoneExcept(ALICE),
+                message: ServerMessage::Joined {
+                    name: longest.clone(),
+                    ts: at(2),
+                    online: 1,
+                },
+            }
+        );
+        assert_eq!(room.name(ALICE), Some(longest.as_str()));
+    }
+
+    #[test]
+    fn invalid_names_are_refused_with_the_reason() {
+        let mut room = Room::new(RoomConfig::default());
+        for bad in ["", "a b", "😀", "a\u{202e}b"] {
+            let reason = validate_name(bad).unwrap_err();
+            assert_eq!(
+                run(&mut room, ALICE, join(bad), at(1)),
+                [refused(ALICE, ErrorCode::InvalidName, &reason)],
+                "{bad:?}"
+            );
+        }
+        assert_eq!(room.online(), 0);
+    }
+
+    #[test]
+    fn a_name_is_taken_whatever_its_case() {
+        let mut room = room_with(RoomConfig::default(), &[(ALICE, "Zoë")]);
+        assert_eq!(
+            run(&mut room, BOB, join("ZOË"), at(1)),
+            [refused(
+                BOB,
+                ErrorCode::NameTaken,
+                "the name \"ZOË\" is already taken"
+            )]
+        );
+        assert!(!room.is_joined(BOB));
+        assert_eq!(run(&mut room, BOB, join("Bob"), at(2)).len(), 2);
+    }
+
+    #[test]
+    fn say_broadcasts_a_message_with_the_next_id_and_now() {
+        let mut room = room_with(RoomConfig::default(), &[(ALICE, "Alice"), (BOB, "Bob")]);
+        assert_eq!(
+            run(&mut room, ALICE, say("hello 😀"), at(5)),
+            [Delivery {
+                to: Everyone,
+                message: ServerMessage::Message(chat(1, at(5), "Alice", "hello 😀")),
+            }]
+        );
+        assert_eq!(room.next_id(), 2);
+    }
+
+    #[test]
+    fn say_and_dm_refuse_empty_and_long_texts() {
+        let config = RoomConfig {
+            max_text_chars: 5,
+            ..RoomConfig::default()
+        };
+        let mut room = room_with(config, &[(ALICE, "Alice")]);
+        for request in [say(" \t\n"), dm("Alice", ""), dm("Nobody", " ")] {
+            assert_eq!(
+                run(&mut room, ALICE, request, at(1)),
+                [refused(
+                    ALICE,
+                    ErrorCode::EmptyText,
+                    "a message cannot be empty or only whitespace"
+                )]
+            );
+        }
+        for request in [say("héllo!"), dm("Alice", "😀😀😀😀😀😀")] {
+            assert_eq!(
+                run(&mut room, ALICE, request, at(1)),
+                [refused(
+                    ALICE,
+                    ErrorCode::TooLong,
+                    "a message has at most 5 characters"
+                )]
+            );
+        }
+        // Exactly the limit, in characters, is fine.
+        assert_eq!(run(&mut room, ALICE, say("héllo"), at(2)).len(), 1);
+        // Refusals used no ids.
+        assert_eq!(room.next_id(), 2);
+    }
+
+    #[test]
+    fn dm_goes_to_the_pair_under_the_recipients_own_name() {
+        let mut room = room_with(
+            RoomConfig::default(),
+            &[(ALICE, "Alice"), (BOB, "Bob"), (CAROL, "Carol")],
+        );
+        assert_eq!(
+            run(&mut room, ALICE, dm("bOB", "psst"), at(3)),
+            [Delivery {
+                to: Pair(ALICE, BOB),
+                message: ServerMessage::Dm {
+                    id: 1,
+                    ts: at(3),
+                    from: "Alice".into(),
+                    to: "Bob".into(),
+                    text: "psst".into(),
+                },
+            }]
+        );
+        // Private messages stay out of history.
+        assert_eq!(history_on_join(&mut room, DAVE, join("Dave")), []);
+    }
+
+    #[test]
+    fn dm_to_oneself_is_one_pair() {
+        let mut room = room_with(RoomConfig::default(), &[(ALICE, "Alice")]);
+        assert_eq!(
+            run(&mut room, ALICE, dm("alice", "note"), at(3)),
+            [Delivery {
+                to: Pair(ALICE, ALICE),
+                message: ServerMessage::Dm {
+                    id: 1,
+                    ts: at(3),
+                    from: "Alice".into(),
+                    to: "Alice".into(),
+                    text: "note".into(),
+                },
+            }]
+        );
+    }
+
+    #[test]
+    fn dm_to_an_unknown_user_is_refused() {
+        let mut room = room_with(RoomConfig::default(), &[(ALICE, "Alice"), (BOB, "Bob")]);
+        leave(&mut room, BOB, at(1));
+        assert_eq!(
+            run(&mut room, ALICE, dm("Bob", "still there?"), at(2)),
+            [refused(
+                ALICE,
+                ErrorCode::UnknownUser,
+                "nobody named \"Bob\" is online"
+            )]
+        );
+        assert_eq!(room.next_id(), 1);
+    }
+
+    #[test]
+    fn ids_strictly_increase_across_say_and_dm() {
+        let mut room = room_with(RoomConfig::default(), &[(ALICE, "Alice"), (BOB, "Bob")]);
+        let mut ids = Vec::new();
+        for (user, request) in [
+            (ALICE, say("one")),
+            (BOB, dm("Alice", "two")),
+            (BOB, say("three")),
+            (ALICE, dm("Alice", "four")),
+        ] {
+            match &run(&mut room, user, request, at(1))[0].message {
+                ServerMessage::Message(message) => ids.push(message.id),
+                ServerMessage::Dm { id, .. } => ids.push(*id),
+                other => panic!("expected a message or dm, got {other:?}"),
+            }
+        }
+        assert_eq!(ids, [1, 2, 3, 4]);
+        assert_eq!(room.next_id(), 5);
+    }
+
+    /// A room keeping 3 messages in which Alice has said `a` to `e`, with ids
+    /// 1 to 5 at seconds 1 to 5; and the three it keeps.
+    fn room_after_five_messages() -> (Room, [Arc<ChatMessage>; 3]) {
+        let config = RoomConfig {
+            history_len: 3,
+            ..RoomConfig::default()
+        };
+        let mut room = room_with(config, &[(ALICE, "Alice")]);
+        for (seconds, text) in (1..).zip(["a", "b", "c", "d", "e"]) {
+            run(&mut room, ALICE, say(text), at(seconds));
+        }
+        let kept = [
+            chat(3, at(3), "Alice", "c"),
+            chat(4, at(4), "Alice", "d"),
+            chat(5, at(5), "Alice", "e"),
+        ];
+        (room, kept)
+    }
+
+    #[test]
+    fn history_keeps_the_latest_messages_oldest_first() {
+        let (mut room, kept) = room_after_five_messages();
+        assert_eq!(history_on_join(&mut room, BOB, join("Bob")), kept);
+    }
+
+    #[test]
+    fn history_of_zero_keeps_nothing() {
+        let config = RoomConfig {
+            history_len: 0,
+            ..RoomConfig::default()
+        };
+        let mut room = room_with(config, &[(ALICE, "Alice")]);
+        run(&mut room, ALICE, say("gone"), at(1));
+        assert_eq!(history_on_join(&mut room, BOB, join("Bob")), []);
+    }
+
+    #[test]
+    fn since_sends_only_the_kept_messages_after_it() {
+        let (mut room, kept) = room_after_five_messages();
+        // In the middle of what is kept: only the newer ones.
+        assert_eq!(
+            history_on_join(&mut room, BOB, join_since("Bob", 4)),
+            kept[2..]
+        );
+        // Older than what is kept: all that is kept.
+        assert_eq!(
+            history_on_join(&mut room, CAROL, join_since("Carol", 1)),
+            kept
+        );
+        // Up to date, or ahead: nothing.
+        assert_eq!(history_on_join(&mut room, DAVE, join_since("Dave", 5)), []);
+        assert_eq!(history_on_join(&mut room, ERIN, join_since("Erin", 99)), []);
+    }
+
+    #[test]
+    fn who_lists_the_joined_users() {
+        let mut room = room_with(RoomConfig::default(), &[(ALICE, "Alice"), (BOB, "Bob")]);
+        assert_eq!(
+            run(&mut room, BOB, Request::Who, at(1)),
+            [Delivery {
+                to: One(BOB),
+                message: ServerMessage::Users {
+                    users: vec!["Alice".into(), "Bob".into()],
+                },
+            }]
+        );
+    }
+
+    #[test]
+    fn nick_renames_for_everyone_and_frees_the_old_name() {
+        let mut room = room_with(RoomConfig::default(), &[(ALICE, "Alice"), (BOB, "Bob")]);
+        assert_eq!(
+            run(&mut room, ALICE, nick("Ally"), at(4)),
+            [Delivery {
+                to: Everyone,
+                message: ServerMessage::Renamed {
+                    from: "Alice".into(),
+                    to: "Ally".into(),
+                    ts: at(4),
+                },
+            }]
+        );
+        assert_eq!(room.name(ALICE), Some("Ally"));
+        // The new name is hers, and the old one is free for anyone.
+        assert_eq!(
+            run(&mut room, BOB, dm("ally", "hi"), at(5))[0].to,
+            Pair(BOB, ALICE)
+        );
+        assert_eq!(run(&mut room, CAROL, join("alice"), at(6)).len(), 2);
+    }
+
+    #[test]
+    fn nick_may_change_only_the_case_of_ones_own_name() {
+        let mut room = room_with(RoomConfig::default(), &[(ALICE, "alice")]);
+        assert_eq!(
+            run(&mut room, ALICE, nick("Alice"), at(4)),
+            [Delivery {
+                to: Everyone,
+                message: ServerMessage::Renamed {
+                    from: "alice".into(),
+                    to: "Alice".into(),
+                    ts: at(4),
+                },
+            }]
+        );
+        assert_eq!(room.name(ALICE), Some("Alice"));
+        // The key is still hers.
+        assert_eq!(
+            run(&mut room, BOB, join("ALICE"), at(5))[0].message,
+            ServerMessage::error(ErrorCode::NameTaken, "the name \"ALICE\" is already taken")
+        );
+    }
+
+    #[test]
+    fn nick_to_the_same_name_answers_only_the_requester() {
+        let mut room = room_with(RoomConfig::default(), &[(ALICE, "Alice")]);
+        assert_eq!(
+            run(&mut room, ALICE, nick("Alice"), at(4)),
+            [Delivery {
+                to: One(ALICE),
+                message: ServerMessage::Renamed {
+                    from: "Alice".into(),
+                    to: "Alice".into(),
+                    ts: at(4),
+                },
+            }]
+        );
+    }
+
+    #[test]
+    fn nick_is_refused_for_bad_or_taken_names() {
+        let mut room = room_with(RoomConfig::default(), &[(ALICE, "Alice"), (BOB, "Bob")]);
+        assert_eq!(
+            run(&mut room, ALICE, nick("BOB"), at(1)),
+            [refused(
+                ALICE,
+                ErrorCode::NameTaken,
+                "the name \"BOB\" is already taken"
+            )]
+        );
+        let reason = validate_name("no spaces").unwrap_err();
+        assert_eq!(
+            run(&mut room, ALICE, nick("no spaces"), at(1)),
+            [refused(ALICE, ErrorCode::InvalidName, &reason)]
+        );
+        assert_eq!(room.name(ALICE), Some("Alice"));
+    }
+
+    #[test]
+    fn leave_announces_to_the_rest_and_frees_the_name() {
+        let mut room = room_with(
+            RoomConfig::default(),
+            &[(ALICE, "Alice"), (BOB, "Bob"), (CAROL, "Carol")],
+        );
+        assert_eq!(
+            leave(&mut room, BOB, at(7)),
+            [Delivery {
+                to: Everyone,
+                message: ServerMessage::Left {
+                    name: "Bob".into(),
+                    ts: at(7),
+                    online: 2,
+                },
+            }]
+        );
+        assert!(!room.is_joined(BOB));
+        assert_eq!(room.name(BOB), None);
+        assert_eq!(room.online(), 2);
+        assert!(room.members().all(|user| user != BOB));
+        // Leaving twice is leaving once.
+        assert_eq!(leave(&mut room, BOB, at(8)), []);
+        // The name is free again, and the same connection key could rejoin.
+        assert_eq!(run(&mut room, BOB, join("BOB"), at(9)).len(), 2);
+    }
+
+    #[test]
+    fn leave_of_a_user_who_never_joined_sends_nothing() {
+        let mut room = room_with(RoomConfig::default(), &[(ALICE, "Alice")]);
+        run(&mut room, BOB, join("alice"), at(1));
+        assert_eq!(leave(&mut room, BOB, at(2)), []);
+        assert_eq!(room.online(), 1);
+    }
+}

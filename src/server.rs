@@ -1,0 +1,599 @@
+//! The event loop: one thread, one `mio::Poll`, a slab of connections.
+//!
+//! The loop moves bytes and runs timers; what the bytes mean is up to the
+//! [`Service`] it serves (the chat room in `chat.rs`, an echo service in
+//! `examples/echo.rs`). One turn of the loop:
+//!
+//! 1. `poll` sleeps until a socket is ready or the earliest deadline.
+//! 2. New connections are accepted until `WouldBlock`.
+//! 3. Each ready connection is read until `WouldBlock` (readiness is
+//!    edge-triggered) or until its budget for this turn is spent; then it
+//!    waits on the backlog for the next turn, so one busy client cannot
+//!    starve the rest.
+//! 4. Due deadlines fire (handshake, join, ping, close linger).
+//! 5. Every connection touched in this turn is settled once: the service
+//!    hears of the ones that closed, queued output is flushed with one
+//!    `writev`, WRITABLE interest is kept only while output waits, the next
+//!    deadline is armed and finished connections are removed.
+//!
+//! `docs/event-loop.md` walks through this file step by step.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+use tungstenite::protocol::frame::coding::{CloseCode, Data};
+
+use crate::config::ServerConfig;
+use crate::connection::{encode_frame, Connection, Input, SharedFrame, CLOSE_LINGER};
+use crate::timers::Timers;
+
+/// Identifies a connection to the service: its slab key. Valid until the
+/// service is told the connection closed.
+pub type ConnId = usize;
+
+/// The listening socket's token. Connection tokens are slab keys, which
+/// start at 0, so the two fixed tokens sit at the top of the range.
+const LISTENER: Token = Token(usize::MAX - 1);
+/// The waker's token: another thread asked the loop to stop.
+const WAKER: Token = Token(usize::MAX);
+
+/// Readiness events taken from the kernel per `poll`. More than this simply
+/// wait for the next turn; 1024 amortises the syscall without a large array.
+const EVENTS_PER_POLL: usize = 1024;
+
+/// Messages read from one connection per turn before the others get theirs.
+/// Large enough that a normal client is drained in one go, small enough
+/// that a flood cannot hold the loop for long.
+const READ_BUDGET: usize = 32;
+
+/// The application side of the server: told what arrives, it answers
+/// through the [`Outbox`].
+pub trait Service {
+    /// A WebSocket was opened (the upgrade completed).
+    fn opened(&mut self, conn: ConnId, peer: SocketAddr, out: &mut Outbox<'_>);
+
+    /// A complete text message arrived.
+    fn text(&mut self, conn: ConnId, text: &str, out: &mut Outbox<'_>);
+
+    /// A complete binary message arrived. By default it is refused with
+    /// close code 1003, as the chat protocol requires.
+    fn binary(&mut self, conn: ConnId, _data: &[u8], out: &mut Outbox<'_>) {
+        out.close(
+            conn,
+            CloseCode::Unsupported,
+            "binary frames are not accepted",
+        );
+    }
+
+    /// An opened connection is no longer open (either side closed it, or it
+    /// failed). Called exactly once for each `opened`; `conn` is not valid
+    /// after this returns.
+    fn closed(&mut self, conn: ConnId, out: &mut Outbox<'_>);
+
+    /// A plain HTTP `GET` (not an upgrade) for `path`; returns the complete
+    /// response, see [`crate::http::response`]. The connection closes after it.
+    fn http_get(&mut self, path: &str) -> Vec<u8>;
+}
+
+/// What a service may do to connections while it handles an event. Sends
+/// are queued; everything is flushed once at the end of the loop turn.
+pub struct Outbox<'a> {
+    /// Every connection.
+    conns: &'a mut Slab<Connection<TcpStream>>,
+    /// Connections to settle at the end of the turn.
+    touched: &'a mut Vec<usize>,
+    /// The time of this turn.
+    now: Instant,
+    /// The per-client output bound.
+    max_outbound: usize,
+}
+
+impl Outbox<'_> {
+    /// The time of this loop turn (read once per turn, not per event).
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Frames a text message once, to send it to any number of connections.
+    pub fn frame_text(text: String) -> SharedFrame {
+        encode_frame(Data::Text, text)
+    }
+
+    /// Frames a binary message once.
+    pub fn frame_binary(data: impl Into<tungstenite::Bytes>) -> SharedFrame {
+        encode_frame(Data::Binary, data)
+    }
+
+    /// Queues a frame for one connection. Ignored if it is not open.
+    pub fn send(&mut self, conn: ConnId, frame: &SharedFrame) {
+        if let Some(connection) = self.conns.get_mut(conn) {
+            connection.send(frame, self.max_outbound, self.now);
+            touch(self.touched, conn, connection);
+        }
+    }
+
+    /// Starts closing a connection with a close code and reason.
+    pub fn close(&mut self, conn: ConnId, code: CloseCode, reason: &str) {
+        if let Some(connection) = self.conns.get_mut(conn) {
+            connection.close(code, reason, self.now);
+            touch(self.touched, conn, connection);
+        }
+    }
+
+    /// Marks a connection as admitted: its join deadline no longer applies.
+    pub fn admit(&mut self, conn: ConnId) {
+        if let Some(connection) = self.conns.get_mut(conn) {
+            connection.admit();
+        }
+    }
+}
+
+/// Puts a connection on the list to settle at the end of the turn, once.
+fn touch(touched: &mut Vec<usize>, key: usize, conn: &mut Connection<TcpStream>) {
+    if !conn.touched {
+        conn.touched = true;
+        touched.push(key);
+    }
+}
+
+/// Stops a running server from another thread.
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    /// Set before waking the loop; the loop checks it on the waker's event.
+    requested: Arc<AtomicBool>,
+    /// Wakes the loop out of `poll`.
+    waker: Arc<Waker>,
+}
+
+impl Shutdown {
+    /// Asks the loop to shut down gracefully: stop accepting, close every
+    /// client with 1001, flush for at most [`CLOSE_LINGER`], then return.
+    pub fn request(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+        // If waking fails the loop is already gone; nothing left to stop.
+        let _ = self.waker.wake();
+    }
+}
+
+/// The event loop and everything it owns.
+pub struct Server<S> {
+    /// The readiness queue; only [`Server::run`] calls `poll` on it.
+    poll: Poll,
+    /// The listening socket, dropped when shutting down.
+    listener: Option<TcpListener>,
+    /// Its address (with the real port when bound to port 0).
+    local_addr: SocketAddr,
+    /// Every connection, keyed by the token it is registered with.
+    conns: Slab<Connection<TcpStream>>,
+    /// Every connection's next deadline.
+    timers: Timers,
+    /// The application.
+    service: S,
+    /// Limits and timers.
+    config: ServerConfig,
+    /// Shared with [`Shutdown`] handles.
+    shutdown: Shutdown,
+    /// When a graceful shutdown gives up waiting for clients.
+    shutdown_by: Option<Instant>,
+    /// The serial number for the next connection.
+    next_serial: u64,
+    /// Open connections per peer address, for `--max-connections-per-ip`.
+    per_ip: HashMap<IpAddr, usize>,
+    /// A descriptor held in reserve: when `accept` fails for lack of
+    /// descriptors, closing it frees one to accept and drop the waiting
+    /// connection, so the listener does not stay ready forever and the loop
+    /// does not spin.
+    spare_fd: Option<File>,
+    /// Connections that spent their read budget and still have input.
+    backlog: Vec<usize>,
+    /// Connections to settle at the end of this turn.
+    touched: Vec<usize>,
+}
+
+impl<S: Service> Server<S> {
+    /// Binds the listening socket and prepares the loop; [`run`](Self::run) starts it.
+    pub fn bind(config: ServerConfig, service: S) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::bind(config.addr)?;
+        let local_addr = listener.local_addr()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        Ok(Server {
+            poll,
+            listener: Some(listener),
+            local_addr,
+            conns: Slab::new(),
+            timers: Timers::default(),
+            service,
+            config,
+            shutdown: Shutdown {
+                requested: Arc::new(AtomicBool::new(false)),
+                waker,
+            },
+            shutdown_by: None,
+            next_serial: 0,
+            per_ip: HashMap::new(),
+            spare_fd: File::open("/dev/null").ok(),
+            backlog: Vec::new(),
+            touched: Vec::new(),
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle that stops the loop from any thread.
+    pub fn shutdown_handle(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    /// Runs the loop until a shutdown is requested and every client is gone
+    /// (or [`CLOSE_LINGER`] has passed).
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(EVENTS_PER_POLL);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(err) = self.poll.poll(&mut events, timeout) {
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(now),
+                    WAKER => {
+                        if self.shutdown.requested.load(Ordering::SeqCst) {
+                            self.begin_shutdown(now);
+                        }
+                    }
+                    Token(key) => {
+                        // Readable, or hung up, or an error: reading finds
+                        // out which. A spurious event just reads WouldBlock.
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.read(key, now);
+                        }
+                        if event.is_writable() {
+                            if let Some(conn) = self.conns.get_mut(key) {
+                                touch(&mut self.touched, key, conn);
+                            }
+                        }
+                    }
+                }
+            }
+            for key in std::mem::take(&mut self.backlog) {
+                self.read(key, now);
+            }
+            self.fire_deadlines(now);
+            self.settle(now)?;
+            if let Some(deadline) = self.shutdown_by {
+                if self.conns.is_empty() || now >= deadline {
+                    log::info!("server stopped");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// How long `poll` may sleep: not at all while the backlog has work,
+    /// else until the next deadline.
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.backlog.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let next = [self.timers.next_deadline(), self.shutdown_by]
+            .into_iter()
+            .flatten()
+            .min()?;
+        // Round up to the next millisecond: epoll sleeps in whole
+        // milliseconds, and waking a hair early would spin a turn for nothing.
+        let wait = next.saturating_duration_since(Instant::now());
+        Some(wait.as_millis().try_into().map_or(wait, |ms: u64| {
+            Duration::from_millis(ms + u64::from(wait.subsec_nanos() % 1_000_000 != 0))
+        }))
+    }
+
+    /// Accepts every waiting connection.
+    fn accept(&mut self, now: Instant) {
+        loop {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => self.add_connection(stream, peer, now),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if is_out_of_descriptors(&err) => {
+                    if !self.shed_one_connection() {
+                        // No reserve to use: stop accepting this turn. The
+                        // listener stays ready, so the next turn retries.
+                        log::warn!("out of file descriptors; not accepting: {err}");
+                        return;
+                    }
+                }
+                // The peer gave up while waiting (ECONNABORTED and kin):
+                // that connection is gone, the next one may be fine.
+                Err(err) => log::debug!("accept failed: {err}"),
+            }
+        }
+    }
+
+    /// Out of descriptors: releases the spare, accepts and drops one waiting
+    /// connection, and takes the spare back. Returns whether it could.
+    fn shed_one_connection(&mut self) -> bool {
+        let (Some(listener), Some(spare)) = (&self.listener, self.spare_fd.take()) else {
+            return false;
+        };
+        drop(spare);
+        if let Ok((stream, peer)) = listener.accept() {
+            log::warn!("out of file descriptors; dropping a connection from {peer}");
+            drop(stream);
+        }
+        self.spare_fd = File::open("/dev/null").ok();
+        self.spare_fd.is_some()
+    }
+
+    fn add_connection(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
+        if self.conns.len() >= self.config.max_connections {
+            log::warn!(
+                "{peer}: refused, {} connections is the limit",
+                self.config.max_connections
+            );
+            return;
+        }
+        let per_ip_limit = self.config.max_connections_per_ip;
+        if per_ip_limit != 0
+            && self
+                .per_ip
+                .get(&peer.ip())
+                .is_some_and(|&n| n >= per_ip_limit)
+        {
+            log::warn!("{peer}: refused, {per_ip_limit} connections per address is the limit");
+            return;
+        }
+        // Chat frames are small and we coalesce writes ourselves: Nagle's
+        // algorithm would only add latency.
+        if let Err(err) = stream.set_nodelay(true) {
+            log::debug!("{peer}: set_nodelay failed: {err}");
+        }
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(err) = self
+            .poll
+            .registry()
+            .register(&mut stream, Token(key), Interest::READABLE)
+        {
+            log::warn!("{peer}: cannot register: {err}");
+            return;
+        }
+        *self.per_ip.entry(peer.ip()).or_default() += 1;
+        self.next_serial += 1;
+        log::debug!("{peer}: connected");
+        let conn = entry.insert(Connection::new(stream, peer, self.next_serial, now));
+        touch(&mut self.touched, key, conn);
+    }
+
+    /// Reads from one connection until it would block or its budget is spent.
+    fn read(&mut self, key: usize, now: Instant) {
+        for _ in 0..READ_BUDGET {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            touch(&mut self.touched, key, conn);
+            let input = conn.poll_input(now, &self.config);
+            let peer = conn.peer;
+            let mut out = Outbox {
+                conns: &mut self.conns,
+                touched: &mut self.touched,
+                now,
+                max_outbound: self.config.max_outbound_bytes,
+            };
+            match input {
+                Input::Drained | Input::Finished => return,
+                Input::Opened => self.service.opened(key, peer, &mut out),
+                Input::Text(text) => self.service.text(key, &text, &mut out),
+                Input::Binary(data) => self.service.binary(key, &data, &mut out),
+                Input::HttpGet(path) => {
+                    let response = self.service.http_get(&path);
+                    self.conns[key].respond(&response, now);
+                }
+            }
+        }
+        self.backlog.push(key);
+    }
+
+    /// Handles every deadline that has come due.
+    fn fire_deadlines(&mut self, now: Instant) {
+        while let Some(expired) = self.timers.pop_due(now) {
+            let Some(conn) = self.conns.get_mut(expired.key) else {
+                continue;
+            };
+            // A stale entry: the connection was replaced, or re-armed earlier.
+            if conn.serial != expired.serial || conn.armed != Some(expired.at) {
+                continue;
+            }
+            conn.armed = None;
+            conn.on_deadline(now, &self.config);
+            touch(&mut self.touched, expired.key, conn);
+        }
+    }
+
+    /// Settles every connection touched in this turn (see the module docs).
+    fn settle(&mut self, now: Instant) -> io::Result<()> {
+        // The list can grow while we go: telling the service of a closed
+        // connection may send to others (a `left` broadcast).
+        let mut next = 0;
+        while next < self.touched.len() {
+            let key = self.touched[next];
+            next += 1;
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            conn.touched = false;
+            if conn.take_goodbye() {
+                self.say_goodbye(key, now);
+            }
+            let conn = &mut self.conns[key];
+            conn.flush();
+            if conn.take_goodbye() {
+                self.say_goodbye(key, now);
+            }
+            self.update_registration(key)?;
+        }
+        self.touched.clear();
+        Ok(())
+    }
+
+    fn say_goodbye(&mut self, key: usize, now: Instant) {
+        let mut out = Outbox {
+            conns: &mut self.conns,
+            touched: &mut self.touched,
+            now,
+            max_outbound: self.config.max_outbound_bytes,
+        };
+        self.service.closed(key, &mut out);
+    }
+
+    /// After a connection's output was flushed: removes it if finished, else
+    /// keeps WRITABLE interest only while output waits and arms its deadline.
+    fn update_registration(&mut self, key: usize) -> io::Result<()> {
+        let conn = &mut self.conns[key];
+        if conn.phase.is_closed() {
+            let mut conn = self.conns.remove(key);
+            self.poll.registry().deregister(&mut conn.socket)?;
+            if let Some(count) = self.per_ip.get_mut(&conn.peer.ip()) {
+                *count -= 1;
+                if *count == 0 {
+                    self.per_ip.remove(&conn.peer.ip());
+                }
+            }
+            log::debug!("{}: connection closed", conn.peer);
+            return Ok(());
+        }
+        let want_write = !conn.out.is_empty();
+        if want_write != conn.write_interest {
+            let interest = if want_write {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            self.poll
+                .registry()
+                .reregister(&mut conn.socket, Token(key), interest)?;
+            conn.write_interest = want_write;
+        }
+        if let Some(next) = conn.next_deadline(&self.config) {
+            if conn.armed.is_none_or(|armed| next < armed) {
+                self.timers.schedule(next, key, conn.serial);
+                conn.armed = Some(next);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops accepting and closes every client with 1001.
+    fn begin_shutdown(&mut self, now: Instant) {
+        if self.shutdown_by.is_some() {
+            return;
+        }
+        log::info!("shutting down: closing {} connections", self.conns.len());
+        self.listener = None;
+        self.shutdown_by = Some(now + CLOSE_LINGER);
+        for (key, conn) in self.conns.iter_mut() {
+            conn.close(CloseCode::Away, "server shutting down", now);
+            touch(&mut self.touched, key, conn);
+        }
+    }
+}
+
+/// Whether `accept` failed because the process or the system ran out of
+/// file descriptors.
+fn is_out_of_descriptors(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// A server running on its own thread, for tests, benchmarks and embedding.
+#[derive(Debug)]
+pub struct ServerHandle {
+    /// Where it listens.
+    addr: SocketAddr,
+    /// Stops it.
+    shutdown: Shutdown,
+    /// The loop's thread; `None` once joined.
+    thread: Option<std::thread::JoinHandle<io::Result<()>>>,
+}
+
+impl ServerHandle {
+    /// Binds `service` per `config` and runs it on a new thread.
+    ///
+    /// The server is built on its own thread because it never leaves it
+    /// (its shared frames are `Rc`, deliberately not thread-safe); the
+    /// address and the shutdown handle are sent back.
+    pub fn spawn<S: Service + Send + 'static>(
+        config: ServerConfig,
+        service: S,
+    ) -> io::Result<Self> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("mioserver".into())
+            .spawn(move || {
+                let server = Server::bind(config, service);
+                let server = match server {
+                    Ok(server) => {
+                        let _ = ready_tx.send(Ok((server.local_addr(), server.shutdown_handle())));
+                        server
+                    }
+                    Err(err) => {
+                        let _ = ready_tx.send(Err(err));
+                        return Ok(());
+                    }
+                };
+                server.run()
+            })?;
+        let (addr, shutdown) = ready_rx
+            .recv()
+            .map_err(|_| io::Error::other("the server thread died while starting"))??;
+        Ok(ServerHandle {
+            addr,
+            shutdown,
+            thread: Some(thread),
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Shuts the server down gracefully and waits for its thread.
+    pub fn shutdown(mut self) -> io::Result<()> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> io::Result<()> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        self.shutdown.request();
+        thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the server thread panicked")))
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
