@@ -212,7 +212,7 @@ fn read(client: &mut Client, scratch: &mut [u8], batch: &mut Vec<u8>) -> Result<
     let mut at = 0;
     while let Some(frame) = frame::parse(&client.inbuf[at..], MAX_FRAME).map_err(|_| Gone)? {
         let payload = at + frame.payload.start..at + frame.payload.end;
-        at += frame.len();
+        at += frame.encoded_len();
         if let Some(mask) = frame.mask {
             frame::apply_mask(&mut client.inbuf[payload.clone()], mask);
         }

@@ -39,7 +39,7 @@ pub struct Frame {
 
 impl Frame {
     /// How many bytes of the buffer the whole frame takes.
-    pub fn len(&self) -> usize {
+    pub fn encoded_len(&self) -> usize {
         self.payload.end
     }
 }
@@ -157,7 +157,7 @@ mod tests {
                 let mut buf = Vec::new();
                 encode(&mut buf, OP_TEXT, &payload, mask);
                 let frame = parse(&buf, usize::MAX).unwrap().unwrap();
-                assert_eq!(frame.len(), buf.len());
+                assert_eq!(frame.encoded_len(), buf.len());
                 assert!(frame.fin);
                 assert_eq!(frame.opcode, OP_TEXT);
                 assert_eq!(frame.mask, mask);

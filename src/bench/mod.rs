@@ -135,7 +135,9 @@ impl Params {
         ];
         for (flag, value) in seconds {
             if !(0.0..=MAX_SECONDS).contains(&value) {
-                return Err(format!("{flag} must be between 0 and {MAX_SECONDS} seconds"));
+                return Err(format!(
+                    "{flag} must be between 0 and {MAX_SECONDS} seconds"
+                ));
             }
         }
         if self.clients == 0 {
@@ -144,7 +146,7 @@ impl Params {
         if self.threads == 0 || self.threads > self.clients {
             return Err("--threads must be between 1 and --clients".to_owned());
         }
-        if !(self.connect_rate > 0.0) {
+        if !positive(self.connect_rate) {
             return Err("--connect-rate must be positive".to_owned());
         }
         match self.scenario {
@@ -156,7 +158,7 @@ impl Params {
             Scenario::Dm if self.clients % 2 != 0 => {
                 Err("dm pairs clients: --clients must be even".to_owned())
             }
-            Scenario::Fanout | Scenario::Dm if !(self.rate > 0.0) => {
+            Scenario::Fanout | Scenario::Dm if !positive(self.rate) => {
                 Err("--rate must be positive".to_owned())
             }
             Scenario::Flood if self.window == 0 => Err("--window must be at least 1".to_owned()),
@@ -173,6 +175,11 @@ impl Params {
             Scenario::Conns => 0,
         }
     }
+}
+
+/// Whether a rate is a usable divisor: above zero and finite.
+fn positive(rate: f64) -> bool {
+    rate > 0.0 && rate.is_finite()
 }
 
 /// Runs one benchmark; an error means it could not run at all.
@@ -381,7 +388,10 @@ mod tests {
     fn parses_the_documented_command_line() {
         let params = parse("fanout --url ws://127.0.0.1:9000/ --clients 50 --rate 200").unwrap();
         assert_eq!(params.scenario, Scenario::Fanout);
-        assert_eq!((params.clients, params.senders, params.rate), (50, 10, 200.0));
+        assert_eq!(
+            (params.clients, params.senders, params.rate),
+            (50, 10, 200.0)
+        );
         assert_eq!(params.recipients(50), 50);
         assert_eq!(parse("dm --clients 4").unwrap().recipients(4), 2);
         assert!(parse("conns --clients 1 --server-pid 1 --json").is_ok());

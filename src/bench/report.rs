@@ -164,7 +164,10 @@ impl ProcSample {
         // SAFETY: sysconf only reads a configuration value.
         let ticks_per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
         parse_proc(&stat, &status, ticks_per_sec).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("{dir}: unexpected format"))
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{dir}: unexpected format"),
+            )
         })
     }
 }
@@ -342,7 +345,8 @@ mod tests {
         b.fail("refused");
         a.merge(b);
         let latency = Latency::of(&a.latency);
-        assert_eq!((latency.p50, latency.max), (50, 1000));
+        // 101 samples: the median is the 51st.
+        assert_eq!((latency.p50, latency.max), (51, 1000));
         assert_eq!(a.first_failure.as_deref(), Some("refused"));
         let usage = Usage::between(
             ProcSample {

@@ -238,7 +238,7 @@ mod tests {
     fn builds_padded_requests() {
         let mut out = Vec::new();
         measured_request(&mut out, None, 12, 3456, 16);
-        assert_eq!(out, br#"{"type":"say","text":"12 3456 xxxxxxx"}"#);
+        assert_eq!(out, br#"{"type":"say","text":"12 3456 xxxxxxxx"}"#);
         measured_request(&mut out, Some("cb1-3"), 2, 5, 0);
         assert_eq!(out, br#"{"type":"dm","to":"cb1-3","text":"2 5 "}"#);
         join_request(&mut out, "cb1-2");
@@ -266,7 +266,10 @@ mod tests {
         let welcome = br#"{"type":"welcome","name":"a","users":[],"history":[{"type":"message","text":"1 2 "}]}"#;
         assert_eq!(classify(welcome), Event::Welcome);
         assert_eq!(classify(br#"{"type":"error","code":"x"}"#), Event::Error);
-        assert_eq!(classify(br#"{"type":"message","text":"hello"}"#), Event::Other);
+        assert_eq!(
+            classify(br#"{"type":"message","text":"hello"}"#),
+            Event::Other
+        );
         assert_eq!(classify(br#"{"type":"joined","name":"a"}"#), Event::Other);
         assert_eq!(classify(b"not json"), Event::Other);
     }

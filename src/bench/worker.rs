@@ -182,7 +182,9 @@ impl Timer {
             return Ok(());
         }
         // A zero value would disarm the timer instead.
-        let after = deadline.saturating_duration_since(now).max(Duration::from_micros(1));
+        let after = deadline
+            .saturating_duration_since(now)
+            .max(Duration::from_micros(1));
         let spec = libc::itimerspec {
             it_interval: libc::timespec {
                 tv_sec: 0,
@@ -194,9 +196,8 @@ impl Timer {
             },
         };
         // SAFETY: `spec` is a valid itimerspec; no old value is asked for.
-        let rc = unsafe {
-            libc::timerfd_settime(self.file.as_raw_fd(), 0, &spec, std::ptr::null_mut())
-        };
+        let rc =
+            unsafe { libc::timerfd_settime(self.file.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -313,7 +314,8 @@ impl Worker {
         let connect_start = Instant::now();
         // This thread's share of the connect rate.
         let connect_interval = Duration::from_secs_f64(
-            self.ctx.params.clients as f64 / self.ctx.count.max(1) as f64
+            self.ctx.params.clients as f64
+                / self.ctx.count.max(1) as f64
                 / self.ctx.params.connect_rate,
         );
         let mut next_expiry_check = connect_start + TIMEOUT_CHECK;
@@ -372,13 +374,20 @@ impl Worker {
         let ctx = &mut self.ctx;
         let id = ctx.first + ctx.step * ctx.opened;
         ctx.opened += 1;
-        let source = Ipv4Addr::new(127, 0, 0, 1 + (id % usize::from(ctx.params.source_addrs)) as u8);
+        let source = Ipv4Addr::new(
+            127,
+            0,
+            0,
+            1 + (id % usize::from(ctx.params.source_addrs)) as u8,
+        );
         let registered = connect(source, ctx.target.addr).and_then(|mut stream| {
             stream.set_nodelay(true)?;
             let token = Token(self.conns.len());
-            ctx.poll
-                .registry()
-                .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
+            ctx.poll.registry().register(
+                &mut stream,
+                token,
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
             Ok(stream)
         });
         let stream = match registered {
@@ -414,10 +423,13 @@ impl Worker {
     fn expire_joins(&mut self, now: Instant) {
         let timeout = Duration::from_secs_f64(self.ctx.params.connect_timeout);
         for conn in &mut self.conns {
-            if matches!(conn.state, State::Connecting | State::Upgrading { .. } | State::Joining)
-                && now.duration_since(conn.opened) > timeout
+            if matches!(
+                conn.state,
+                State::Connecting | State::Upgrading { .. } | State::Joining
+            ) && now.duration_since(conn.opened) > timeout
             {
-                self.ctx.close(conn, format!("not joined within {timeout:?}"));
+                self.ctx
+                    .close(conn, format!("not joined within {timeout:?}"));
             }
         }
     }
@@ -570,7 +582,7 @@ impl Ctx {
                 ref payload,
             } = frame;
             let payload = &buf[at + payload.start..at + payload.end];
-            at += frame.len();
+            at += frame.encoded_len();
             if mask.is_some() {
                 return Err("the server sent a masked frame".to_owned());
             }
