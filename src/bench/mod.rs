@@ -195,7 +195,7 @@ pub fn run(params: Params) -> Result<Report, String> {
             .map(|pid| ProcSample::read(Some(pid)).map_err(|e| format!("server pid {pid}: {e}")))
             .transpose()
     };
-    server_sample()?;
+    let server_at_start = server_sample()?;
 
     let workers = (0..params.threads)
         .map(|first| {
@@ -291,6 +291,9 @@ pub fn run(params: Params) -> Result<Report, String> {
         deliveries_per_sec: tally.delivered as f64 / measured_seconds.max(f64::MIN_POSITIVE),
         loss: Loss::new(tally.sent, recipients, tally.delivered),
         latency_us: Latency::of(&tally.latency),
+        server_rss_per_client: server_at_start
+            .zip(server_after)
+            .map(|(start, end)| (end.rss_bytes as f64 - start.rss_bytes as f64) / joined as f64),
         server: server_before
             .zip(server_after)
             .map(|(before, after)| Usage::between(before, after, tally.delivered)),

@@ -247,6 +247,9 @@ pub struct Report {
     pub latency_us: Latency,
     /// The server's usage, when `--server-pid` was given.
     pub server: Option<Usage>,
+    /// The server's resident memory growth from before the first connect
+    /// to the end, per joined client, in bytes: what a connection costs.
+    pub server_rss_per_client: Option<f64>,
     /// chatbench's own usage, to show it was not the bottleneck.
     pub chatbench: Usage,
 }
@@ -267,6 +270,39 @@ impl fmt::Display for Report {
         if let Some(why) = &self.first_failure {
             writeln!(f, "  first failure: {why}")?;
         }
+        if p.scenario == super::Scenario::Conns {
+            writeln!(
+                f,
+                "  held {} connections for {:.1} s, {} lost",
+                self.clients_joined, self.measured_seconds, self.disconnects
+            )?;
+        } else {
+            self.fmt_load(f)?;
+        }
+        if let Some(bytes) = self.server_rss_per_client {
+            writeln!(f, "  server memory per client: {:.1} KiB", bytes / 1024.0)?;
+        }
+        let usage = |f: &mut fmt::Formatter<'_>, who: &str, u: &Usage| {
+            let per = u
+                .cpu_us_per_delivery
+                .map_or_else(|| "-".to_owned(), |us| format!("{us:.3}"));
+            writeln!(
+                f,
+                "  {who}: {:.2} CPU s, {per} CPU µs/delivery, RSS {:.1} MiB",
+                u.cpu_seconds,
+                u.rss_bytes as f64 / (1024.0 * 1024.0)
+            )
+        };
+        if let Some(server) = &self.server {
+            usage(f, "server", server)?;
+        }
+        usage(f, "chatbench", &self.chatbench)
+    }
+}
+
+impl Report {
+    /// The lines of a load run: throughput, loss, latency, trouble.
+    fn fmt_load(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let loss = &self.loss;
         writeln!(
             f,
@@ -292,21 +328,7 @@ impl fmt::Display for Report {
                 self.disconnects, self.server_errors
             )?;
         }
-        let usage = |f: &mut fmt::Formatter<'_>, who: &str, u: &Usage| {
-            let per = u
-                .cpu_us_per_delivery
-                .map_or_else(|| "-".to_owned(), |us| format!("{us:.3}"));
-            writeln!(
-                f,
-                "  {who}: {:.2} CPU s, {per} CPU µs/delivery, RSS {:.1} MiB",
-                u.cpu_seconds,
-                u.rss_bytes as f64 / (1024.0 * 1024.0)
-            )
-        };
-        if let Some(server) = &self.server {
-            usage(f, "server", server)?;
-        }
-        usage(f, "chatbench", &self.chatbench)
+        Ok(())
     }
 }
 

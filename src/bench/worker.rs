@@ -550,6 +550,12 @@ impl Ctx {
             };
             self.scratch = scratch;
             result?;
+            // A big frame (a `welcome` listing thousands of users) leaves
+            // a big buffer behind; thousands of idle clients must not each
+            // keep one.
+            if conn.inbuf.is_empty() && conn.inbuf.capacity() > READ_BUFFER {
+                conn.inbuf = Vec::new();
+            }
             // A short read emptied the socket: with edge-triggered polling
             // any later data raises a new event, so the extra read that
             // would only return WouldBlock is saved.
