@@ -22,9 +22,9 @@ if ((${#missing[@]})); then
 fi
 
 if [[ ${1:-} == --full ]]; then
-    duration=10 warmup=2 clients=500 senders=10 rate=4000 dm_clients=500 dm_rate=20000 conns=15000
+    duration=10 warmup=2 clients=500 senders=10 rate=400 dm_clients=500 dm_rate=20000 conns=15000
 else
-    duration=3 warmup=1 clients=100 senders=10 rate=4000 dm_clients=100 dm_rate=10000 conns=10000
+    duration=3 warmup=1 clients=100 senders=10 rate=1000 dm_clients=100 dm_rate=10000 conns=10000
 fi
 cpus=$(nproc)
 if ((cpus < 2)); then
@@ -41,10 +41,13 @@ rm -f "$out"/*.json
 # Servers and chatbench may use every descriptor the hard limit allows.
 ulimit -n "$(ulimit -Hn)"
 
-port=18765
+port=28765
 server_pid=
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
 start_server() { # NAME
+    # A fresh port that nobody (another server on this machine) holds.
     port=$((port + 1))
+    while listening; do port=$((port + 1)); done
     local addr=127.0.0.1:$port
     case $1 in
     mioserver) RUST_LOG=warn taskset -c 0 "$bin/mioserver" "$addr" --rate-limit 0 2>"$out/$1.log" & ;;
@@ -54,7 +57,7 @@ start_server() { # NAME
     server_pid=$!
     # Wait (at most 5 s) until it accepts connections.
     for _ in $(seq 50); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+        if listening && kill -0 "$server_pid" 2>/dev/null; then return 0; fi
         sleep 0.1
     done
     echo "bench.sh: $1 did not start; see $out/$1.log" >&2
