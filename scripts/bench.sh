@@ -84,7 +84,7 @@ load=(--duration "$duration" --warmup "$warmup")
 echo "running (about $((12 * (duration + warmup + 3))) s)..." >&2
 for server in mioserver floor tokio; do
     run "$server" fanout "${load[@]}" --clients "$clients" --senders "$senders" --rate "$rate"
-    run "$server" flood "${load[@]}" --clients "$clients" --senders "$senders"
+    run "$server" flood "${load[@]}" --clients "$clients" --senders "$senders" --window 16
     # The floor broadcasts everything and has no DMs: nothing to measure.
     if [[ $server != floor ]]; then
         run "$server" dm "${load[@]}" --clients "$dm_clients" --rate "$dm_rate"
