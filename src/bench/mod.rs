@@ -233,10 +233,11 @@ pub fn run(params: Params) -> Result<Report, String> {
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(params.warmup);
     let measure_to = measure_from + Duration::from_secs_f64(params.duration);
+    let micros = |at: Instant| at.duration_since(shared.epoch).as_micros() as u64;
     let plan = Plan {
         start,
-        measure_from,
         measure_to,
+        measured: micros(measure_from)..micros(measure_to),
     };
     shared.plan.set(plan).expect("the plan is set once");
     let recipients = params.recipients(joined);

@@ -10,6 +10,9 @@
 
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
 
 /// Where chatbench connects: a loopback address and the request path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,29 +166,37 @@ pub enum Event {
 /// `"type":"` is the message's own (serde writes the tag first, and no
 /// chatbench name or text contains a quote), and the texts are ours.
 pub fn classify(payload: &[u8]) -> Event {
-    let kind = value_after(payload, br#""type":""#);
+    let kind = match payload.strip_prefix(TYPE_FIRST) {
+        Some(kind) => Some(kind),
+        None => TYPE
+            .find(payload)
+            .map(|at| &payload[at + TYPE.needle().len()..]),
+    };
     match kind {
-        Some(kind) if kind.starts_with(br#"message""#) || kind.starts_with(br#"dm""#) => {
-            value_after(kind, br#""text":""#)
-                .and_then(parse_text)
-                .map_or(Event::Other, |(sender, micros)| Event::Delivery {
-                    sender,
-                    micros,
-                })
-        }
+        Some(kind) if kind.starts_with(br#"message""#) || kind.starts_with(br#"dm""#) => TEXT
+            .find(kind)
+            .and_then(|at| parse_text(&kind[at + TEXT.needle().len()..]))
+            .map_or(Event::Other, |(sender, micros)| Event::Delivery {
+                sender,
+                micros,
+            }),
         Some(kind) if kind.starts_with(br#"welcome""#) => Event::Welcome,
         Some(kind) if kind.starts_with(br#"error""#) => Event::Error,
         _ => Event::Other,
     }
 }
 
-/// The bytes after the first `key` in `haystack`.
-fn value_after<'a>(haystack: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
-    haystack
-        .windows(key.len())
-        .position(|window| window == key)
-        .map(|at| &haystack[at + key.len()..])
-}
+/// How a server message starts when its `type` comes first, as serde
+/// writes it: checked before any search.
+const TYPE_FIRST: &[u8] = br#"{"type":""#;
+
+/// The search for `"type":"` elsewhere. Searches run for every delivery,
+/// so they use memchr's vectorized finder, built once (building one per
+/// call, or scanning byte by byte, was a fifth of chatbench's CPU).
+static TYPE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#""type":""#));
+
+/// The search for the start of a `text` value.
+static TEXT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#""text":""#));
 
 /// Reads `"<sender> <micros> "` from the start of a text.
 fn parse_text(text: &[u8]) -> Option<(usize, u64)> {

@@ -10,6 +10,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr};
+use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -84,14 +85,25 @@ impl Shared {
 }
 
 /// When load starts, when measuring starts and when sending stops.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Plan {
     /// The first message is due.
     pub start: Instant,
-    /// Messages meant to be sent from here on are measured.
-    pub measure_from: Instant,
     /// No message is sent from here on.
     pub measure_to: Instant,
+    /// The intended send times that are measured, in microseconds since
+    /// the epoch: from the end of the warm-up to `measure_to`. Kept in the
+    /// texts' unit so that each delivery costs two comparisons.
+    pub measured: Range<u64>,
+}
+
+/// The time a read returned, in both forms it is used in.
+#[derive(Debug, Clone, Copy)]
+struct Now {
+    /// For the connect rate.
+    instant: Instant,
+    /// For latencies, in microseconds since the epoch.
+    micros: u64,
 }
 
 /// Where a connection is in its life.
@@ -334,8 +346,8 @@ impl Worker {
                 self.expire_joins(now);
                 next_expiry_check = now + TIMEOUT_CHECK;
             }
-            let next_send = match self.ctx.shared.plan.get() {
-                Some(plan) => self.send_due(*plan, now),
+            let next_send = match self.ctx.shared.plan.get().cloned() {
+                Some(plan) => self.send_due(&plan, now),
                 None => None,
             };
             self.ctx.publish();
@@ -443,7 +455,7 @@ impl Worker {
     /// waited (no coordinated omission). `flood` is closed-loop: each sender
     /// keeps `window` messages in flight and sends again when its own copy
     /// comes back.
-    fn send_due(&mut self, plan: Plan, now: Instant) -> Option<Instant> {
+    fn send_due(&mut self, plan: &Plan, now: Instant) -> Option<Instant> {
         let ctx = &mut self.ctx;
         if ctx.senders.is_empty() || now < plan.start {
             return (!ctx.senders.is_empty()).then_some(plan.start);
@@ -534,7 +546,7 @@ impl Ctx {
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(err) => return Err(format!("read: {err}")),
             };
-            let now = Instant::now();
+            let now = self.now();
             // Parse straight from the read buffer when nothing is left
             // over from before: the common case costs no copy.
             let scratch = std::mem::take(&mut self.scratch);
@@ -567,7 +579,7 @@ impl Ctx {
 
     /// Handles the upgrade response and the whole frames at the start of
     /// `buf`; returns how many bytes were used.
-    fn consume(&mut self, conn: &mut Conn, buf: &[u8], now: Instant) -> Result<usize, String> {
+    fn consume(&mut self, conn: &mut Conn, buf: &[u8], now: Now) -> Result<usize, String> {
         let mut at = 0;
         if let State::Upgrading { accept } = &conn.state {
             match wire::parse_upgrade_response(buf, accept)? {
@@ -623,12 +635,12 @@ impl Ctx {
     }
 
     /// Handles one whole server message.
-    fn on_message(&mut self, conn: &mut Conn, payload: &[u8], now: Instant) -> Result<(), String> {
+    fn on_message(&mut self, conn: &mut Conn, payload: &[u8], now: Now) -> Result<(), String> {
         match (wire::classify(payload), &conn.state) {
             (Event::Welcome, State::Joining) => {
                 conn.state = State::Joined;
                 self.pending -= 1;
-                self.tally.last_join = Some(now);
+                self.tally.last_join = Some(now.instant);
                 self.shared.joined.fetch_add(1, Ordering::Relaxed);
             }
             (Event::Error, State::Joining) => {
@@ -642,12 +654,11 @@ impl Ctx {
                 if sender == conn.id {
                     conn.in_flight = conn.in_flight.saturating_sub(1);
                 }
-                if let Some(&plan) = self.shared.plan.get() {
-                    if self.measured(&plan, micros) {
-                        let latency = self.micros(now).saturating_sub(micros);
-                        self.tally.latency.saturating_record(latency.max(1));
-                        self.tally.delivered += 1;
-                    }
+                let measured = self.shared.plan.get().map(|plan| &plan.measured);
+                if measured.is_some_and(|window| window.contains(&micros)) {
+                    let latency = now.micros.saturating_sub(micros);
+                    self.tally.latency.saturating_record(latency.max(1));
+                    self.tally.delivered += 1;
                 }
             }
             _ => {}
@@ -656,9 +667,9 @@ impl Ctx {
     }
 
     /// Sends one measured request from `conn`, meant to leave at `at`.
-    fn send_measured(&mut self, conn: &mut Conn, plan: Plan, at: Instant) -> Result<(), String> {
+    fn send_measured(&mut self, conn: &mut Conn, plan: &Plan, at: Instant) -> Result<(), String> {
         let micros = self.micros(at);
-        if self.measured(&plan, micros) {
+        if plan.measured.contains(&micros) {
             self.tally.sent += 1;
         }
         // A sender the server dropped still counts its measured messages
@@ -682,9 +693,13 @@ impl Ctx {
             .map_err(|e| format!("write: {e}"))
     }
 
-    /// Whether a message meant for `micros` falls in the measured window.
-    fn measured(&self, plan: &Plan, micros: u64) -> bool {
-        (self.micros(plan.measure_from)..self.micros(plan.measure_to)).contains(&micros)
+    /// The time now, read once per `read` and shared by its frames.
+    fn now(&self) -> Now {
+        let instant = Instant::now();
+        Now {
+            instant,
+            micros: self.micros(instant),
+        }
     }
 
     /// `at` in microseconds since the epoch.
