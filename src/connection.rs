@@ -39,6 +39,11 @@ pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// still arrives whole because the buffer grows for it.
 const READ_BUFFER_BYTES: usize = 8 * 1024;
 
+/// Bytes a closing connection reads and throws away per turn, so a peer
+/// that keeps sending cannot hold the loop. 256 KiB covers a full socket
+/// receive buffer on Linux's defaults.
+const DISCARD_BUDGET: usize = 256 * 1024;
+
 /// How many bytes one `read` of the request head takes at most.
 const HEAD_READ_CHUNK: usize = 2 * 1024;
 
@@ -255,8 +260,8 @@ impl Phase {
 pub enum Input {
     /// The WebSocket upgrade completed: the application may greet the client.
     Opened,
-    /// A plain `GET` for this path: the application answers it with
-    /// [`Connection::respond`].
+    /// A plain `GET` for this path: the caller must answer it with
+    /// [`Connection::respond`], which closes the connection after the answer.
     HttpGet(String),
     /// A complete text message.
     Text(Utf8Bytes),
@@ -330,12 +335,20 @@ impl<S: Socket> Connection<S> {
     /// returns [`Input::Drained`] or [`Input::Finished`]: with edge-triggered
     /// readiness, no new event comes while unread data is waiting.
     pub fn poll_input(&mut self, now: Instant, config: &ServerConfig) -> Input {
-        match &mut self.phase {
+        let input = match self.phase {
             Phase::Handshake { .. } => self.read_head(now, config),
             Phase::Open { .. } => self.read_frames(now),
-            Phase::Closing { .. } => self.discard_input(),
-            Phase::Closed => Input::Finished,
+            Phase::Closing { .. } => return self.discard_input(),
+            Phase::Closed => return Input::Finished,
+        };
+        if matches!(self.phase, Phase::Closing { .. }) {
+            // We just started closing (an error, or the peer's close). What
+            // else the peer sent is of no use, but left unread it would turn
+            // our final FIN into a reset that can destroy the close frame.
+            // No readiness event may come for it, so read it away now.
+            self.discard_input();
         }
+        input
     }
 
     fn read_head(&mut self, now: Instant, config: &ServerConfig) -> Input {
@@ -379,13 +392,9 @@ impl<S: Socket> Connection<S> {
                     self.admit_by = Some(now + config.join_timeout);
                     return Input::Opened;
                 }
-                Ok(Some((Head::Get { path }, _))) => {
-                    // The answer comes from the application via `respond`;
-                    // until then the connection is closing so nothing else
-                    // is read as a request.
-                    self.enter_closing(now);
-                    return Input::HttpGet(path);
-                }
+                // The answer comes from the application, which must pass it
+                // to `respond` before reading again.
+                Ok(Some((Head::Get { path }, _))) => return Input::HttpGet(path),
                 Err(refusal) => {
                     log::debug!("{}: refused HTTP request: {}", self.peer, refusal.reason);
                     self.respond(&refusal.response(), now);
@@ -458,10 +467,14 @@ impl<S: Socket> Connection<S> {
 
     fn discard_input(&mut self) -> Input {
         let mut sink = [0u8; 4096];
+        let mut budget = DISCARD_BUDGET;
         loop {
             match self.socket.read(&mut sink) {
                 Ok(0) => break,
-                Ok(_) => continue,
+                // A peer that keeps sending gets no more of this turn: its
+                // next bytes bring a new readiness event anyway.
+                Ok(n) if n >= budget => return Input::Drained,
+                Ok(n) => budget -= n,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Input::Drained,
                 Err(_) => break,

@@ -3,9 +3,11 @@
 
 pub mod bench;
 pub mod chat;
+pub mod client;
 pub mod config;
 pub mod connection;
 pub mod http;
+pub mod plain;
 pub mod protocol;
 pub mod rate_limit;
 pub mod room;

@@ -251,6 +251,8 @@ pub enum ServerMessage {
     Welcome {
         name: String,
         users: Vec<String>,
+        /// `message` events, each with its `"type":"message"`.
+        #[serde(serialize_with = "serialize_history")]
         history: Vec<Arc<ChatMessage>>,
         server: String,
     },
@@ -286,6 +288,19 @@ pub enum ServerMessage {
     Users { users: Vec<String> },
     /// A refused request.
     Error { code: ErrorCode, message: String },
+}
+
+/// Writes `welcome`'s history as the protocol says: a list of `message`
+/// events, tagged like the broadcast ones (reading ignores the tag).
+fn serialize_history<S: Serializer>(
+    history: &[Arc<ChatMessage>],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(
+        history
+            .iter()
+            .map(|message| ServerMessage::Message(Arc::clone(message))),
+    )
 }
 
 impl ServerMessage {
@@ -486,13 +501,18 @@ mod tests {
         assert_eq!(check_text(" x ", 4000), Ok(()));
     }
 
-    #[test]
-    fn server_messages_have_the_documented_shape() {
-        let ts = Timestamp(
+    /// The `ts` of PROTOCOL.md's examples.
+    fn example_ts() -> Timestamp {
+        Timestamp(
             DateTime::parse_from_rfc3339("2026-11-25T08:00:00.123Z")
                 .unwrap()
                 .with_timezone(&Utc),
-        );
+        )
+    }
+
+    #[test]
+    fn server_messages_have_the_documented_shape() {
+        let ts = example_ts();
         let message = ServerMessage::Message(Arc::new(ChatMessage {
             id: 42,
             ts,
@@ -514,5 +534,29 @@ mod tests {
         )
         .unwrap();
         assert_eq!(read, message);
+    }
+
+    #[test]
+    fn welcome_history_holds_message_events_and_reads_back() {
+        let welcome = ServerMessage::Welcome {
+            name: "Dave".into(),
+            users: vec!["Dave".into()],
+            history: vec![Arc::new(ChatMessage {
+                id: 42,
+                ts: example_ts(),
+                from: "Ann".into(),
+                text: "hi".into(),
+            })],
+            server: SERVER_ID.into(),
+        };
+        let json = welcome.to_json();
+        assert_eq!(
+            json,
+            r#"{"type":"welcome","name":"Dave","users":["Dave"],"history":[{"type":"message","id":42,"ts":"2026-11-25T08:00:00.123Z","from":"Ann","text":"hi"}],"server":"mioserver/0.1.0"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<ServerMessage>(&json).unwrap(),
+            welcome
+        );
     }
 }
