@@ -309,8 +309,9 @@ impl Worker {
                 timer,
                 scratch: vec![0; READ_BUFFER],
                 request: Vec::new(),
-                // Any odd seed works; mixing in `first` keeps threads apart.
-                rng: 0x9E37_79B9_7F4A_7C15 ^ (first as u64) << 1 | 1,
+                // xorshift needs a non-zero seed (the low bit set ensures
+                // it); mixing in `first` gives each thread its own keys.
+                rng: (0x9E37_79B9_7F4A_7C15 ^ ((first as u64) << 1)) | 1,
                 senders: Vec::new(),
                 paced: 0,
                 opened: 0,
