@@ -215,7 +215,8 @@ pub fn run(params: Params) -> Result<Report, String> {
         .collect::<Result<Vec<_>, _>>()?;
 
     // Connect: wait until every client has joined or failed (each is
-    // bounded by the connect timeout).
+    // bounded by the connect timeout), or a thread has died (its error is
+    // reported when it is joined below).
     let connect_start = Instant::now();
     let clients = params.clients as u64;
     let mut ticker = Progress::new(progress);
@@ -223,11 +224,18 @@ pub fn run(params: Params) -> Result<Report, String> {
         let joined = shared.joined.load(Ordering::Relaxed);
         (joined, joined + shared.failed.load(Ordering::Relaxed))
     };
-    while settled().1 < clients {
+    while settled().1 < clients && !workers.iter().any(|w| w.is_finished()) {
         thread::sleep(TICK);
         ticker.tick(|| format!("connecting: {} of {clients} joined", settled().0));
     }
     let joined = settled().0;
+    if joined == 0 {
+        let tally = stop(&shared, workers)?;
+        return Err(format!(
+            "no client could join: {}",
+            tally.first_failure.unwrap_or_default()
+        ));
+    }
 
     // Load: warm up, measure, drain.
     let start = Instant::now();
@@ -263,19 +271,7 @@ pub fn run(params: Params) -> Result<Report, String> {
         ticker.tick(|| "draining".to_owned());
     }
     let (server_after, own_after) = (server_sample()?, own_sample()?);
-    shared.stop.store(true, Ordering::Relaxed);
-
-    let mut tally = Tally::default();
-    for worker in workers {
-        let outcome = worker.join().map_err(|_| "a client thread panicked")?;
-        tally.merge(outcome.map_err(|e| format!("a client thread failed: {e}"))?);
-    }
-    if joined == 0 {
-        return Err(format!(
-            "no client could join: {}",
-            tally.first_failure.unwrap_or_default()
-        ));
-    }
+    let tally = stop(&shared, workers)?;
     let connect_seconds = tally
         .last_join
         .map_or(0.0, |at| at.duration_since(connect_start).as_secs_f64());
@@ -301,6 +297,20 @@ pub fn run(params: Params) -> Result<Report, String> {
         chatbench: Usage::between(own_before, own_after, tally.delivered),
         params: Arc::unwrap_or_clone(params),
     })
+}
+
+/// Tells the client threads to stop and merges what they counted.
+fn stop(
+    shared: &Shared,
+    workers: Vec<thread::JoinHandle<std::io::Result<Tally>>>,
+) -> Result<Tally, String> {
+    shared.stop.store(true, Ordering::Relaxed);
+    let mut tally = Tally::default();
+    for worker in workers {
+        let outcome = worker.join().map_err(|_| "a client thread panicked")?;
+        tally.merge(outcome.map_err(|e| format!("a client thread failed: {e}"))?);
+    }
+    Ok(tally)
 }
 
 /// This process's CPU and memory now.
