@@ -5,6 +5,10 @@
 //! room's deliveries into frames, each serialized and framed once however
 //! many clients receive it. It also answers `GET /healthz` and writes the
 //! server's log lines (never a DM's text).
+//!
+//! A connection speaks JSON unless its first text frame is not a JSON
+//! object: then it is in plain-text mode for good (`plain.rs`), and gets
+//! readable lines instead of JSON.
 
 use std::collections::HashMap;
 use std::io;
@@ -13,8 +17,10 @@ use std::net::SocketAddr;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::config::ServerConfig;
+use crate::connection::SharedFrame;
 use crate::http;
-use crate::protocol::{parse_request, ErrorCode, ServerMessage, Timestamp};
+use crate::plain::{self, Line};
+use crate::protocol::{parse_request, ErrorCode, ParseError, Request, ServerMessage, Timestamp};
 use crate::rate_limit::TokenBucket;
 use crate::room::{Audience, Delivery, Room, RoomConfig};
 use crate::server::{ConnId, Outbox, ServerHandle, Service};
@@ -37,6 +43,9 @@ pub struct Chat {
     rate_burst: u32,
     /// The room's output for the request at hand; kept to reuse its memory.
     deliveries: Vec<Delivery>,
+    /// How many sessions are in plain-text mode. While none are, a
+    /// broadcast skips looking up each recipient's mode.
+    plain_sessions: usize,
 }
 
 /// What the chat service keeps about one open connection.
@@ -47,6 +56,51 @@ struct Session {
     bucket: TokenBucket,
     /// Requests refused in a row for the rate limit; see [`FLOOD_STRIKES`].
     strikes: u32,
+    /// Which language the client speaks, decided by its first frame.
+    mode: Mode,
+}
+
+/// The two ways a client can talk to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// No text frame yet.
+    Undecided,
+    /// JSON objects both ways (PROTOCOL.md).
+    Json,
+    /// Lines typed by a person (plain-text mode).
+    Plain,
+}
+
+/// One server message on its way to several recipients: encoded at most
+/// once per mode, on first use.
+struct Outgoing<'m> {
+    message: &'m ServerMessage,
+    /// The JSON frame.
+    json: Option<SharedFrame>,
+    /// The plain-text frames, one per line.
+    plain: Option<Vec<SharedFrame>>,
+}
+
+impl Outgoing<'_> {
+    fn send(&mut self, out: &mut Outbox<'_>, to: ConnId, mode: Mode) {
+        if mode == Mode::Plain {
+            let message = self.message;
+            let frames = self.plain.get_or_insert_with(|| {
+                plain::render(message)
+                    .into_iter()
+                    .map(Outbox::frame_text)
+                    .collect()
+            });
+            for frame in frames.iter() {
+                out.send(to, frame);
+            }
+        } else {
+            let frame = self
+                .json
+                .get_or_insert_with(|| Outbox::frame_text(self.message.to_json()));
+            out.send(to, frame);
+        }
+    }
 }
 
 impl Chat {
@@ -61,39 +115,83 @@ impl Chat {
             rate_limit: config.rate_limit,
             rate_burst: config.rate_burst,
             deliveries: Vec::new(),
+            plain_sessions: 0,
         }
     }
 
-    /// Sends an error to one connection.
-    fn refuse(conn: ConnId, code: ErrorCode, message: String, out: &mut Outbox<'_>) {
-        let frame = Outbox::frame_text(ServerMessage::error(code, message).to_json());
-        out.send(conn, &frame);
+    /// Queues an error for one connection (sent by [`deliver`](Self::deliver)).
+    fn refuse(&mut self, conn: ConnId, code: ErrorCode, message: String) {
+        self.deliveries.push(Delivery {
+            to: Audience::One(conn),
+            message: ServerMessage::error(code, message),
+        });
     }
 
-    /// Sends what the room produced: each message serialized and framed
-    /// once, then queued for each recipient.
+    /// Sends what the room produced: each message encoded once per mode,
+    /// then queued for each recipient.
     fn deliver(&mut self, out: &mut Outbox<'_>) {
+        let sessions = &self.sessions;
+        let any_plain = self.plain_sessions > 0;
+        let mode_of = |user: ConnId| match sessions.get(&user) {
+            Some(session) if any_plain => session.mode,
+            _ => Mode::Json,
+        };
         for Delivery { to, message } in self.deliveries.drain(..) {
-            let frame = Outbox::frame_text(message.to_json());
+            let mut outgoing = Outgoing {
+                message: &message,
+                json: None,
+                plain: None,
+            };
+            let mut send = |user: ConnId| outgoing.send(out, user, mode_of(user));
             match to {
-                Audience::One(user) => out.send(user, &frame),
+                Audience::One(user) => send(user),
                 Audience::Pair(sender, recipient) => {
-                    out.send(sender, &frame);
+                    send(sender);
                     if recipient != sender {
-                        out.send(recipient, &frame);
+                        send(recipient);
                     }
                 }
-                Audience::Everyone => {
-                    for member in self.room.members() {
-                        out.send(member, &frame);
-                    }
-                }
+                Audience::Everyone => self.room.members().for_each(send),
                 Audience::EveryoneExcept(except) => {
-                    for member in self.room.members().filter(|&m| m != except) {
-                        out.send(member, &frame);
-                    }
+                    self.room.members().filter(|&m| m != except).for_each(send)
                 }
             }
+        }
+    }
+
+    /// What the client asks for with this frame, in its own mode; `None`
+    /// when the frame was answered on the spot.
+    fn understand(&mut self, conn: ConnId, text: &str, out: &mut Outbox<'_>) -> Option<Request> {
+        let joined = self.room.is_joined(conn);
+        let session = self.sessions.get_mut(&conn)?;
+        if session.mode != Mode::Plain {
+            match parse_request(text) {
+                Err(ParseError::NotAnObject) if session.mode == Mode::Undecided => {
+                    session.mode = Mode::Plain;
+                    self.plain_sessions += 1;
+                }
+                Ok(request) => {
+                    session.mode = Mode::Json;
+                    return Some(request);
+                }
+                Err(err) => {
+                    session.mode = Mode::Json;
+                    self.refuse(conn, err.code(), err.describe());
+                    return None;
+                }
+            }
+        }
+        match plain::interpret(joined, text) {
+            Line::Request(request) => Some(request),
+            Line::Reply(reply) => {
+                out.send(conn, &Outbox::frame_text(reply));
+                None
+            }
+            Line::Quit => {
+                out.close(conn, CloseCode::Normal, "bye");
+                None
+            }
+            Line::Blank => None,
         }
     }
 }
@@ -107,6 +205,7 @@ impl Service for Chat {
                 peer,
                 bucket: TokenBucket::new(self.rate_limit, self.rate_burst, out.now()),
                 strikes: 0,
+                mode: Mode::Undecided,
             },
         );
     }
@@ -122,18 +221,17 @@ impl Service for Chat {
                 out.close(conn, CloseCode::Policy, "flooding");
             } else {
                 let message = "slow down: too many requests".to_owned();
-                Self::refuse(conn, ErrorCode::RateLimited, message, out);
+                self.refuse(conn, ErrorCode::RateLimited, message);
+                self.deliver(out);
             }
             return;
         }
         session.strikes = 0;
         let peer = session.peer;
         let was_joined = self.room.is_joined(conn);
-        match parse_request(text) {
-            Ok(request) => self
-                .room
-                .handle(conn, request, Timestamp::now(), &mut self.deliveries),
-            Err(err) => Self::refuse(conn, err.code(), err.describe(), out),
+        if let Some(request) = self.understand(conn, text, out) {
+            self.room
+                .handle(conn, request, Timestamp::now(), &mut self.deliveries);
         }
         if !was_joined {
             if let Some(name) = self.room.name(conn) {
@@ -148,6 +246,9 @@ impl Service for Chat {
         let Some(session) = self.sessions.remove(&conn) else {
             return;
         };
+        if session.mode == Mode::Plain {
+            self.plain_sessions -= 1;
+        }
         let name = self.room.name(conn).map(str::to_owned);
         self.room
             .leave(conn, Timestamp::now(), &mut self.deliveries);

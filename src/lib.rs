@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod chat;
 pub mod client;
+pub mod command;
 pub mod config;
 pub mod connection;
 pub mod http;

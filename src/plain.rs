@@ -15,13 +15,56 @@
 //! error (name_taken): the name "Bob" is taken
 //! ```
 
-use crate::protocol::{ServerMessage, Timestamp};
+use crate::command::{self, Command};
+use crate::protocol::{Request, ServerMessage, Timestamp};
 
 /// The help for `/help`: the line client's command syntax.
 pub const HELP: &str = "\
 commands: text says it to everyone; dm NAME text (or DM, /dm, /msg) \
 sends a private message; /who lists who is online; /nick NAME changes \
-your name; /help shows this";
+your name; /help shows this; /quit leaves";
+
+/// What one line from a plain-text client asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Line {
+    /// A request for the room.
+    Request(Request),
+    /// Something answered on the spot (help, usage), never sent to the room.
+    Reply(String),
+    /// The user wants to leave.
+    Quit,
+    /// A blank line: nothing to do.
+    Blank,
+}
+
+/// Understands one line: before the user has joined, it is the name
+/// (PROTOCOL.md: "that first frame is the name"); after, the line client's
+/// command syntax, parsed by the same [`command::parse`].
+pub fn interpret(joined: bool, line: &str) -> Line {
+    if !joined {
+        let name = line.trim();
+        if name.is_empty() {
+            return Line::Blank;
+        }
+        return Line::Request(Request::Join {
+            name: name.to_owned(),
+            since: None,
+        });
+    }
+    match command::parse(line) {
+        None => Line::Blank,
+        Some(Command::Say(text)) => Line::Request(Request::Say { text }),
+        Some(Command::Dm { to, text }) => Line::Request(Request::Dm { to, text }),
+        Some(Command::Who) => Line::Request(Request::Who),
+        Some(Command::Nick(name)) => Line::Request(Request::Nick { name }),
+        Some(Command::Help) => Line::Reply(HELP.to_owned()),
+        Some(Command::Quit) => Line::Quit,
+        Some(Command::Usage(usage)) => Line::Reply(usage.to_owned()),
+        Some(Command::Unknown(word)) => {
+            Line::Reply(format!("unknown command {word} (/help lists them)"))
+        }
+    }
+}
 
 /// `[HH:MM:SS]` in UTC.
 fn clock(ts: &Timestamp) -> String {
@@ -81,6 +124,50 @@ mod tests {
                 .unwrap()
                 .with_timezone(&Utc),
         )
+    }
+
+    #[test]
+    fn the_first_line_is_the_name_then_commands() {
+        assert_eq!(
+            interpret(false, " Dave\r\n"),
+            Line::Request(Request::Join {
+                name: "Dave".into(),
+                since: None
+            })
+        );
+        assert_eq!(interpret(false, "  "), Line::Blank);
+        assert_eq!(
+            interpret(true, "hello"),
+            Line::Request(Request::Say {
+                text: "hello".into()
+            })
+        );
+        let dm = Line::Request(Request::Dm {
+            to: "Bob".into(),
+            text: "psst".into(),
+        });
+        for line in [
+            "dm Bob psst",
+            "DM Bob psst",
+            "/dm Bob psst",
+            "/msg Bob psst",
+        ] {
+            assert_eq!(interpret(true, line), dm, "{line}");
+        }
+        assert_eq!(interpret(true, "/who"), Line::Request(Request::Who));
+        assert_eq!(
+            interpret(true, "/nick David"),
+            Line::Request(Request::Nick {
+                name: "David".into()
+            })
+        );
+        assert_eq!(interpret(true, "/help"), Line::Reply(HELP.into()));
+        assert_eq!(interpret(true, "/quit"), Line::Quit);
+        assert_eq!(
+            interpret(true, "/frobnicate"),
+            Line::Reply("unknown command /frobnicate (/help lists them)".into())
+        );
+        assert_eq!(interpret(true, ""), Line::Blank);
     }
 
     #[test]

@@ -19,11 +19,18 @@ pub const SERVER_ID: &str = concat!("mioserver/", env!("CARGO_PKG_VERSION"));
 pub const MAX_NAME_CHARS: usize = 32;
 
 /// A request from a client, parsed and type-checked but not yet validated
-/// against the room (names and text are checked by the room).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// against the room (names and text are checked by the room). The server
+/// parses it with [`parse_request`]; the line client serializes it with
+/// [`Request::to_json`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
 pub enum Request {
     /// Enter the room under `name`; `since` asks for history after that id.
-    Join { name: String, since: Option<u64> },
+    Join {
+        name: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        since: Option<u64>,
+    },
     /// A public message.
     Say { text: String },
     /// A private message to one user.
@@ -32,6 +39,14 @@ pub enum Request {
     Who,
     /// Change one's name.
     Nick { name: String },
+}
+
+impl Request {
+    /// The request as one text frame.
+    pub fn to_json(&self) -> String {
+        // Every field is a string or a number, so this cannot fail.
+        serde_json::to_string(self).expect("requests always serialize")
+    }
 }
 
 /// Why a text frame is not a [`Request`].
@@ -367,41 +382,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_every_request_type() {
-        assert_eq!(
-            parse_request(r#"{"type":"join","name":"Dave"}"#),
-            Ok(Request::Join {
-                name: "Dave".into(),
-                since: None
-            })
-        );
-        assert_eq!(
-            parse_request(r#"{"type":"join","name":"Dave","since":41}"#),
-            Ok(Request::Join {
-                name: "Dave".into(),
-                since: Some(41)
-            })
-        );
-        assert_eq!(
-            parse_request(r#"{"type":"say","text":"hello 😀"}"#),
-            Ok(Request::Say {
-                text: "hello 😀".into()
-            })
-        );
-        assert_eq!(
-            parse_request(r#"{"type":"dm","to":"Bob","text":"psst"}"#),
-            Ok(Request::Dm {
-                to: "Bob".into(),
-                text: "psst".into()
-            })
-        );
-        assert_eq!(parse_request(r#"{"type":"who"}"#), Ok(Request::Who));
-        assert_eq!(
-            parse_request(r#"{"type":"nick","name":"David"}"#),
-            Ok(Request::Nick {
-                name: "David".into()
-            })
-        );
+    fn every_request_type_parses_and_serializes_back() {
+        let cases = [
+            (
+                r#"{"type":"join","name":"Dave"}"#,
+                Request::Join {
+                    name: "Dave".into(),
+                    since: None,
+                },
+            ),
+            (
+                r#"{"type":"join","name":"Dave","since":41}"#,
+                Request::Join {
+                    name: "Dave".into(),
+                    since: Some(41),
+                },
+            ),
+            (
+                r#"{"type":"say","text":"hello 😀"}"#,
+                Request::Say {
+                    text: "hello 😀".into(),
+                },
+            ),
+            (
+                r#"{"type":"dm","to":"Bob","text":"psst"}"#,
+                Request::Dm {
+                    to: "Bob".into(),
+                    text: "psst".into(),
+                },
+            ),
+            (r#"{"type":"who"}"#, Request::Who),
+            (
+                r#"{"type":"nick","name":"David"}"#,
+                Request::Nick {
+                    name: "David".into(),
+                },
+            ),
+        ];
+        for (json, request) in cases {
+            assert_eq!(parse_request(json).as_ref(), Ok(&request), "{json}");
+            assert_eq!(request.to_json(), json);
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use rustyline::hint::Hinter;
 use rustyline::validate::Validator;
 use rustyline::{Context, Helper};
 
-use super::command::COMMANDS;
+use crate::command::COMMANDS;
 use crate::protocol::name_key;
 
 /// The names of the users online, shared between threads.

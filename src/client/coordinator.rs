@@ -20,13 +20,13 @@ use chrono::Local;
 use crossbeam_channel::{select, Receiver, Sender};
 use rustyline::ExternalPrinter;
 
-use super::command::{self, Command, HELP};
 use super::complete::Roster;
 use super::connection::NetEvent;
 use super::input::{Input, NAME_QUESTION};
 use super::render::Renderer;
 use super::shortcode;
-use super::wire::Request;
+use crate::command::{self, Command, HELP};
+use crate::protocol::Request;
 use crate::protocol::{name_key, validate_name, ErrorCode, ServerMessage};
 use crate::rate_limit::TokenBucket;
 

@@ -15,8 +15,8 @@ use rustyline::error::ReadlineError;
 use rustyline::history::DefaultHistory;
 use rustyline::{CompletionType, Config, Editor, ExternalPrinter};
 
-use super::command::{self, Command};
 use super::complete::{ChatHelper, Roster};
+use crate::command::{self, Command};
 use crate::protocol::validate_name;
 
 /// The prompt. Short, so the typed line keeps most of the width.

@@ -15,9 +15,10 @@
 //!   prints through rustyline's `ExternalPrinter`, which shows a line
 //!   above the prompt and redraws the half-typed line intact.
 //!
-//! Parsing commands (`command.rs`), expanding `:shortcodes:`
-//! (`shortcode.rs`), rendering (`render.rs`), completing (`complete.rs`) and
-//! the request JSON (`wire.rs`) are pure and unit-tested.
+//! Parsing commands (`crate::command`, shared with the server's plain-text
+//! mode), expanding `:shortcodes:` (`shortcode.rs`), rendering
+//! (`render.rs`) and completing (`complete.rs`) are pure and unit-tested;
+//! requests are the server's own `protocol::Request`, serialized.
 //!
 //! # Output
 //!
@@ -53,14 +54,12 @@
 //! lost with a connection, when the name is refused, or when the server
 //! cannot be reached; 2 for a usage error.
 
-pub mod command;
 mod complete;
 mod connection;
 mod coordinator;
 mod input;
 mod render;
 mod shortcode;
-mod wire;
 
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;

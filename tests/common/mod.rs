@@ -147,6 +147,17 @@ impl Client {
         }
     }
 
+    /// The next text frame as it is (pings skipped): a plain-text line.
+    pub fn recv_line(&mut self) -> String {
+        loop {
+            match self.recv_frame() {
+                Message::Text(text) => return text.as_str().to_owned(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
     /// Expects the server's close frame next (pings skipped); returns its
     /// code and reason.
     pub fn recv_close(&mut self) -> (u16, String) {
