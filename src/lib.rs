@@ -1,6 +1,7 @@
 //! miochat: a real-time chat server and terminal client on a hand-rolled
 //! `mio` event loop.
 
+pub mod bench;
 pub mod chat;
 pub mod client;
 pub mod command;
