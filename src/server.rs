@@ -315,10 +315,9 @@ impl<S: Service> Server<S> {
                 Ok((stream, peer)) => self.add_connection(stream, peer, now),
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
                 Err(err) if is_out_of_descriptors(&err) => {
+                    // accept fails this way even when nobody is waiting, so
+                    // stop as soon as there is nothing left to shed.
                     if !self.shed_one_connection() {
-                        // No reserve to use: stop accepting this turn. The
-                        // listener stays ready, so the next turn retries.
-                        log::warn!("out of file descriptors; not accepting: {err}");
                         return;
                     }
                 }
@@ -330,18 +329,25 @@ impl<S: Service> Server<S> {
     }
 
     /// Out of descriptors: releases the spare, accepts and drops one waiting
-    /// connection, and takes the spare back. Returns whether it could.
+    /// connection, and takes the spare back. Returns whether a connection
+    /// was shed (false: nobody was waiting, or there is no spare to use, in
+    /// which case the listener stays ready and the next turn tries again).
     fn shed_one_connection(&mut self) -> bool {
         let (Some(listener), Some(spare)) = (&self.listener, self.spare_fd.take()) else {
+            log::warn!("out of file descriptors and no spare: not accepting");
             return false;
         };
         drop(spare);
-        if let Ok((stream, peer)) = listener.accept() {
-            log::warn!("out of file descriptors; dropping a connection from {peer}");
-            drop(stream);
-        }
+        let shed = match listener.accept() {
+            Ok((stream, peer)) => {
+                log::warn!("out of file descriptors; dropping a connection from {peer}");
+                drop(stream);
+                true
+            }
+            Err(_) => false,
+        };
         self.spare_fd = File::open("/dev/null").ok();
-        self.spare_fd.is_some()
+        shed
     }
 
     fn add_connection(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
