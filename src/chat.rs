@@ -132,9 +132,11 @@ impl Chat {
     fn deliver(&mut self, out: &mut Outbox<'_>) {
         let sessions = &self.sessions;
         let any_plain = self.plain_sessions > 0;
-        let mode_of = |user: ConnId| match sessions.get(&user) {
-            Some(session) if any_plain => session.mode,
-            _ => Mode::Json,
+        // The common case, nobody in plain-text mode, must not pay a hash
+        // lookup per recipient: check the count first.
+        let mode_of = |user: ConnId| match any_plain.then(|| sessions.get(&user)).flatten() {
+            Some(session) => session.mode,
+            None => Mode::Json,
         };
         for Delivery { to, message } in self.deliveries.drain(..) {
             let mut outgoing = Outgoing {
