@@ -106,7 +106,7 @@ struct FakeSocket<'a> {
 impl FakeSocket<'_> {
     /// The peer's next `n` bytes arrive.
     fn arrive(&mut self, n: usize) {
-        self.arrived = (self.arrived + n).min(self.stream.len());
+        self.arrived = self.arrived.saturating_add(n).min(self.stream.len());
     }
 
     /// Whether everything the peer sends has arrived.

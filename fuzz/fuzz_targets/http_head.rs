@@ -22,10 +22,18 @@ fuzz_target!(|data: &[u8]| {
     match parse_head(data) {
         Ok(None) => {
             // "Read more" is only allowed while there is room to read more.
-            assert!(data.len() < MAX_HEAD_BYTES, "a partial head of {} bytes", data.len());
+            assert!(
+                data.len() < MAX_HEAD_BYTES,
+                "a partial head of {} bytes",
+                data.len()
+            );
         }
         Ok(Some((head, len))) => {
-            assert!(len <= data.len(), "head length {len} > input {}", data.len());
+            assert!(
+                len <= data.len(),
+                "head length {len} > input {}",
+                data.len()
+            );
             assert!(len <= MAX_HEAD_BYTES);
             match &head {
                 // The key is what the accept key is derived from.
@@ -54,12 +62,18 @@ fn check_response(status: u16, response: &[u8]) {
     );
     let mut content_length = None;
     for line in lines {
-        let (name, value) = line.split_once(": ").expect("header lines are `Name: value`");
+        let (name, value) = line
+            .split_once(": ")
+            .expect("header lines are `Name: value`");
         assert!(!name.is_empty() && !name.contains(char::is_whitespace));
         assert!(!value.contains(['\r', '\n']));
         if name.eq_ignore_ascii_case("Content-Length") {
             content_length = Some(value.parse::<usize>().expect("a number"));
         }
     }
-    assert_eq!(content_length, Some(body.len()), "Content-Length matches the body");
+    assert_eq!(
+        content_length,
+        Some(body.len()),
+        "Content-Length matches the body"
+    );
 }
