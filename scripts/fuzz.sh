@@ -45,7 +45,15 @@ for target in "${run[@]}"; do
     [[ -d fuzz/seeds/$target ]] && seeds=("fuzz/seeds/$target")
     echo "== fuzz $target for $seconds s" >&2
     # The default build is optimised, with debug assertions and overflow
-    # checks on and AddressSanitizer. One job, one worker: one CPU.
+    # checks on and AddressSanitizer. One job, one worker: one CPU. With
+    # -jobs, libFuzzer runs the fuzzer in a child process that logs to
+    # fuzz-0.log and prints that log when it ends; the copy is removed.
+    status=0
     taskset -c "$cpu" cargo fuzz run "$target" "$corpus" "${seeds[@]}" -- \
-        -max_total_time="$seconds" -jobs=1 -workers=1 -print_final_stats=1
+        -max_total_time="$seconds" -jobs=1 -workers=1 -print_final_stats=1 || status=$?
+    rm -f fuzz-0.log
+    if ((status)); then
+        echo "fuzz.sh: $target failed; its input is in fuzz/artifacts/$target/" >&2
+        exit "$status"
+    fi
 done
