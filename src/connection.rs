@@ -93,6 +93,11 @@ pub struct OutQueue {
     written: usize,
     /// Unwritten bytes in all chunks: what `--max-outbound-bytes` bounds.
     len: usize,
+    /// Unwritten bytes at the front that [`discard_unstarted`] keeps: the
+    /// `101` response, without which no frame after it makes sense.
+    ///
+    /// [`discard_unstarted`]: Self::discard_unstarted
+    sealed: usize,
 }
 
 /// One piece of queued output.
@@ -130,29 +135,51 @@ impl OutQueue {
         self.chunks.push_back(Chunk::Shared(Rc::clone(frame)));
     }
 
-    /// Queues bytes of our own, appending to the last chunk when it is ours
-    /// and not yet on the wire, so small writes become one buffer.
+    /// Queues bytes of our own, appending to the last chunk when it is ours,
+    /// not yet on the wire and not sealed, so small writes become one buffer.
     pub fn push_bytes(&mut self, bytes: &[u8]) {
         if bytes.is_empty() {
             return;
         }
-        self.len += bytes.len();
         let last_untouched = self.chunks.len() > 1 || self.written == 0;
+        let unsealed = self.len - self.sealed;
         match self.chunks.back_mut() {
-            Some(Chunk::Owned(tail)) if last_untouched => tail.extend_from_slice(bytes),
+            // An untouched last chunk is unwritten whole; it is unsealed
+            // when all of it lies past the sealed bytes.
+            Some(Chunk::Owned(tail)) if last_untouched && tail.len() <= unsealed => {
+                tail.extend_from_slice(bytes)
+            }
             _ => self.chunks.push_back(Chunk::Owned(bytes.to_vec())),
         }
+        self.len += bytes.len();
+    }
+
+    /// Queues bytes that [`discard_unstarted`](Self::discard_unstarted)
+    /// must never drop, with everything queued before them: the `101`
+    /// response that every later frame depends on.
+    pub fn push_sealed(&mut self, bytes: &[u8]) {
+        self.chunks.push_back(Chunk::Owned(bytes.to_vec()));
+        self.len += bytes.len();
+        self.sealed = self.len;
     }
 
     /// Drops every chunk not yet started, keeping the one partly on the
-    /// wire so the stream stays well-formed: room for a last close frame.
+    /// wire and the sealed ones so the stream stays well-formed: room for a
+    /// last close frame.
     pub fn discard_unstarted(&mut self) {
-        let keep = usize::from(self.written > 0);
-        self.chunks.truncate(keep);
-        self.len = self
-            .chunks
-            .front()
-            .map_or(0, |chunk| chunk.bytes().len() - self.written);
+        let mut kept_chunks = 0;
+        let mut kept_bytes = 0;
+        for (i, chunk) in self.chunks.iter().enumerate() {
+            let started = i == 0 && self.written > 0;
+            if !started && kept_bytes >= self.sealed {
+                break;
+            }
+            let written = if i == 0 { self.written } else { 0 };
+            kept_bytes += chunk.bytes().len() - written;
+            kept_chunks += 1;
+        }
+        self.chunks.truncate(kept_chunks);
+        self.len = kept_bytes;
     }
 
     /// Writes as much as the sink takes. Returns `Ok` when the queue is
@@ -181,6 +208,7 @@ impl OutQueue {
     /// Forgets `n` written bytes from the front.
     fn consume(&mut self, mut n: usize) {
         self.len -= n;
+        self.sealed = self.sealed.saturating_sub(n);
         while n > 0 {
             let left_in_first = self.chunks[0].bytes().len() - self.written;
             if n < left_in_first {
@@ -385,7 +413,9 @@ impl<S: Socket> Connection<S> {
                 Ok(None) => continue,
                 Ok(Some((Head::Upgrade { key }, len))) => {
                     let leftover = head.split_off(len);
-                    self.out.push_bytes(&http::upgrade_response(&key));
+                    // Sealed: a client too slow to read even this is sent
+                    // it before its close frame, or the stream is garbage.
+                    self.out.push_sealed(&http::upgrade_response(&key));
                     let ws_config = WebSocketConfig::default()
                         .read_buffer_size(READ_BUFFER_BYTES)
                         .max_message_size(Some(config.max_message_bytes))
