@@ -88,4 +88,6 @@ session = (
 )
 write("connection", "session", HEADER + session)
 write("connection", "close", HEADER + UPGRADE + client_frame(0x8, b""))
+# Seeds named crash-* are inputs that once made this target fail; they are
+# copied from fuzz/artifacts/, not written here.
 write("connection", "silent", bytes([3, 6, 0, 0, 0xFF, 0, 7, 1, 0, 0, 6]) + UPGRADE + text("hi"))
