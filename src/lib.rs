@@ -13,6 +13,7 @@ pub mod protocol;
 pub mod rate_limit;
 pub mod room;
 pub mod server;
+pub mod testing;
 pub mod timers;
 
 pub use config::ServerConfig;

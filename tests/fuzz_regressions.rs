@@ -4,67 +4,15 @@
 //! seeds (`fuzz/seeds/TARGET/`), so the fuzzer replays it on every run.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
 use std::time::Instant;
 
-use miochat::connection::{Connection, Input, Socket};
+use miochat::connection::{Connection, Input};
+use miochat::testing::{client_frame, FakeSocket, UPGRADE};
 use miochat::ServerConfig;
-
-const UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-
-/// A non-blocking socket: reads hand out `input` chunk by chunk, then
-/// would block; writes take `room` bytes, then would block.
-#[derive(Default)]
-struct FakeSocket {
-    input: VecDeque<Vec<u8>>,
-    room: usize,
-    written: Vec<u8>,
-}
-
-impl Read for FakeSocket {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let Some(chunk) = self.input.front_mut() else {
-            return Err(io::ErrorKind::WouldBlock.into());
-        };
-        let n = chunk.len().min(buf.len());
-        buf[..n].copy_from_slice(&chunk[..n]);
-        chunk.drain(..n);
-        if chunk.is_empty() {
-            self.input.pop_front();
-        }
-        Ok(n)
-    }
-}
-
-impl Write for FakeSocket {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.room == 0 {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let n = buf.len().min(self.room);
-        self.room -= n;
-        self.written.extend_from_slice(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Socket for FakeSocket {
-    fn shutdown_write(&self) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 /// A masked ping frame with `payload`, as a client sends it.
 fn ping(payload: &[u8]) -> Vec<u8> {
-    let mask = [0x12, 0x34, 0x56, 0x78];
-    let mut frame = vec![0x89, 0x80 | payload.len() as u8];
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
-    frame
+    client_frame(0x9, payload)
 }
 
 /// Upgrades, then reads pings while the socket takes nothing, until the

@@ -1,0 +1,91 @@
+//! Test doubles shared by the unit tests, the integration tests and anyone
+//! driving a [`Connection`](crate::connection::Connection) without a
+//! network: a scripted non-blocking socket and a client frame encoder.
+//! Nothing in the server uses this module.
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+
+use crate::connection::Socket;
+
+/// A socket that hands out scripted input and takes limited output,
+/// answering `WouldBlock` whenever a real non-blocking socket would.
+#[derive(Default)]
+pub struct FakeSocket {
+    /// Input chunks; each `read` takes from one chunk at most. When they
+    /// are used up, reads would block (or end, once `eof` is set).
+    pub input: VecDeque<Vec<u8>>,
+    /// Whether the peer has hung up once the input is used.
+    pub eof: bool,
+    /// Everything written so far.
+    pub written: Vec<u8>,
+    /// How many more bytes the "kernel buffer" takes before blocking.
+    pub room: usize,
+    /// Whether `shutdown_write` was called.
+    pub shut: Cell<bool>,
+}
+
+impl Read for FakeSocket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.input.front_mut() {
+            Some(chunk) => {
+                let n = chunk.len().min(buf.len());
+                buf[..n].copy_from_slice(&chunk[..n]);
+                chunk.drain(..n);
+                if chunk.is_empty() {
+                    self.input.pop_front();
+                }
+                Ok(n)
+            }
+            None if self.eof => Ok(0),
+            None => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
+impl Write for FakeSocket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.room == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(self.room);
+        self.room -= n;
+        self.written.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Socket for FakeSocket {
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shut.set(true);
+        Ok(())
+    }
+}
+
+/// A valid WebSocket upgrade request (the key of RFC 6455's example).
+pub const UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// A masked client frame, as a browser would send it.
+pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    let mut frame = vec![0x80 | opcode];
+    match payload.len() {
+        len @ 0..=125 => frame.push(0x80 | len as u8),
+        len @ 126..=0xffff => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+    frame
+}
