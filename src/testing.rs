@@ -70,22 +70,10 @@ impl Socket for FakeSocket {
 /// A valid WebSocket upgrade request (the key of RFC 6455's example).
 pub const UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
-/// A masked client frame, as a browser would send it.
+/// A masked client frame, as a browser would send it (encoded by
+/// chatbench's framer, [`crate::bench::frame::encode`]).
 pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x12, 0x34, 0x56, 0x78];
-    let mut frame = vec![0x80 | opcode];
-    match payload.len() {
-        len @ 0..=125 => frame.push(0x80 | len as u8),
-        len @ 126..=0xffff => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        len => {
-            frame.push(0x80 | 127);
-            frame.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+    let mut frame = Vec::with_capacity(payload.len() + 14);
+    crate::bench::frame::encode(&mut frame, opcode, payload, Some([0x12, 0x34, 0x56, 0x78]));
     frame
 }

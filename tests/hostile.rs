@@ -10,6 +10,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use miochat::bench::frame;
 use miochat::{ServerConfig, ServerHandle};
 use serde_json::Value;
 
@@ -45,28 +46,13 @@ impl RawClient {
         client
     }
 
-    /// Sends one frame with full control over its header.
+    /// Sends one frame with full control over its first byte (FIN, RSV
+    /// bits, opcode) and over masking.
     fn send_frame(&mut self, first_byte: u8, payload: &[u8], masked: bool) {
-        let mut frame = vec![first_byte];
-        let mask_bit = if masked { 0x80 } else { 0 };
-        match payload.len() {
-            len @ 0..=125 => frame.push(mask_bit | len as u8),
-            len @ 126..=0xffff => {
-                frame.push(mask_bit | 126);
-                frame.extend_from_slice(&(len as u16).to_be_bytes());
-            }
-            len => {
-                frame.push(mask_bit | 127);
-                frame.extend_from_slice(&(len as u64).to_be_bytes());
-            }
-        }
-        let mask = [0xa1, 0xb2, 0xc3, 0xd4];
-        if masked {
-            frame.extend_from_slice(&mask);
-            frame.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
-        } else {
-            frame.extend_from_slice(payload);
-        }
+        let mut frame = Vec::new();
+        let mask = masked.then_some([0xa1, 0xb2, 0xc3, 0xd4]);
+        frame::encode(&mut frame, first_byte & 0x0f, payload, mask);
+        frame[0] = first_byte;
         self.stream.write_all(&frame).unwrap();
     }
 
