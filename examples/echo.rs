@@ -23,11 +23,13 @@ impl Service for Echo {
     }
 
     fn text(&mut self, conn: ConnId, text: &str, out: &mut Outbox<'_>) {
-        out.send(conn, &Outbox::frame_text(text.to_owned()));
+        let frame = out.frame_text(text);
+        out.send(conn, frame);
     }
 
     fn binary(&mut self, conn: ConnId, data: &[u8], out: &mut Outbox<'_>) {
-        out.send(conn, &Outbox::frame_binary(data.to_vec()));
+        let frame = out.frame_binary(data);
+        out.send(conn, frame);
     }
 
     fn closed(&mut self, _conn: ConnId, _out: &mut Outbox<'_>) {}

@@ -17,8 +17,8 @@ use std::net::SocketAddr;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::config::ServerConfig;
-use crate::connection::SharedFrame;
 use crate::http;
+use crate::outqueue::FrameRef;
 use crate::plain::{self, Line};
 use crate::protocol::{parse_request, ErrorCode, ParseError, Request, ServerMessage, Timestamp};
 use crate::rate_limit::TokenBucket;
@@ -72,32 +72,33 @@ enum Mode {
 }
 
 /// One server message on its way to several recipients: encoded at most
-/// once per mode, on first use.
-struct Outgoing<'m> {
+/// once per mode, on first use, into the round's batch.
+struct Outgoing<'m, 'round> {
     message: &'m ServerMessage,
     /// The JSON frame.
-    json: Option<SharedFrame>,
+    json: Option<FrameRef<'round>>,
     /// The plain-text frames, one per line.
-    plain: Option<Vec<SharedFrame>>,
+    plain: Option<Vec<FrameRef<'round>>>,
 }
 
-impl Outgoing<'_> {
-    fn send(&mut self, out: &mut Outbox<'_>, to: ConnId, mode: Mode) {
+impl<'round> Outgoing<'_, 'round> {
+    fn send(&mut self, out: &mut Outbox<'round>, to: ConnId, mode: Mode) {
         if mode == Mode::Plain {
             let message = self.message;
             let frames = self.plain.get_or_insert_with(|| {
                 plain::render(message)
-                    .into_iter()
-                    .map(Outbox::frame_text)
+                    .iter()
+                    .map(|line| out.frame_text(line))
                     .collect()
             });
-            for frame in frames.iter() {
+            for &frame in frames.iter() {
                 out.send(to, frame);
             }
         } else {
-            let frame = self
+            let message = self.message;
+            let frame = *self
                 .json
-                .get_or_insert_with(|| Outbox::frame_text(self.message.to_json()));
+                .get_or_insert_with(|| out.frame_text(&message.to_json()));
             out.send(to, frame);
         }
     }
@@ -186,7 +187,8 @@ impl Chat {
         match plain::interpret(joined, text) {
             Line::Request(request) => Some(request),
             Line::Reply(reply) => {
-                out.send(conn, &Outbox::frame_text(reply));
+                let frame = out.frame_text(&reply);
+                out.send(conn, frame);
                 None
             }
             Line::Quit => {

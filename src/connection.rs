@@ -24,7 +24,7 @@ use tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 
 use crate::config::ServerConfig;
 use crate::http::{self, Head};
-pub use crate::outqueue::{encode_frame, OutQueue, SharedFrame};
+use crate::outqueue::{FrameRef, OutQueue};
 
 /// How long a closing connection may take to send its last bytes and see
 /// the peer hang up before the socket is simply dropped. Two seconds lets a
@@ -377,7 +377,7 @@ impl<S: Socket> Connection<S> {
     ///
     /// An empty queue takes any one frame, so a message larger than the
     /// bound (a `welcome` with a long history) cannot lock a client out.
-    pub fn send(&mut self, frame: &SharedFrame, max_outbound: usize, now: Instant) {
+    pub fn send(&mut self, frame: FrameRef<'_>, max_outbound: usize, now: Instant) {
         if !self.phase.is_open() {
             return;
         }
@@ -385,7 +385,7 @@ impl<S: Socket> Connection<S> {
             self.too_slow(now);
             return;
         }
-        self.out.push_shared(frame);
+        self.out.push_frame(frame);
     }
 
     /// Closes a client that does not read what it is sent, dropping what
@@ -424,13 +424,14 @@ impl<S: Socket> Connection<S> {
         self.admit_by = None;
     }
 
-    /// Writes queued output. On a write error the connection is closed at
-    /// once: nothing more can reach the peer.
-    pub fn flush(&mut self) {
+    /// Writes queued output; `batch` is the bytes of the round's
+    /// [`Batch`](crate::outqueue::Batch). On a write error the connection is
+    /// closed at once: nothing more can reach the peer.
+    pub fn flush(&mut self, batch: &[u8]) {
         if self.phase.is_closed() {
             return;
         }
-        if let Err(err) = self.out.write_to(&mut self.socket) {
+        if let Err(err) = self.out.write_to(&mut self.socket, batch) {
             log::debug!("{}: write failed: {err}", self.peer);
             self.set_closed();
             return;
@@ -513,6 +514,12 @@ impl<S: Socket> Connection<S> {
         }
     }
 
+    /// Whether the connection left `Open` and the application has not been
+    /// told yet.
+    pub fn has_goodbye_pending(&self) -> bool {
+        self.goodbye_pending
+    }
+
     /// Takes the "left `Open`" notice, so the application hears of it once.
     pub fn take_goodbye(&mut self) -> bool {
         std::mem::take(&mut self.goodbye_pending)
@@ -546,6 +553,7 @@ mod tests {
     use tungstenite::protocol::frame::coding::Data;
 
     use super::*;
+    use crate::outqueue::Batch;
     use crate::testing::{client_frame, FakeSocket, UPGRADE};
 
     fn config() -> ServerConfig {
@@ -564,7 +572,7 @@ mod tests {
         };
         let mut conn = Connection::new(socket, "127.0.0.1:9".parse().unwrap(), 1, now);
         assert!(matches!(conn.poll_input(now, &config()), Input::Opened));
-        conn.flush();
+        conn.flush(&[]);
         conn.socket.written.clear();
         conn
     }
@@ -587,7 +595,7 @@ mod tests {
             .input
             .push_back(UPGRADE[UPGRADE.len() - 1..].to_vec());
         assert!(matches!(conn.poll_input(now, &config()), Input::Opened));
-        conn.flush();
+        conn.flush(&[]);
         let response = String::from_utf8(conn.socket.written.clone()).unwrap();
         assert!(response.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
         assert!(response.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
@@ -618,17 +626,16 @@ mod tests {
     fn output_survives_partial_writes_and_would_block() {
         let now = Instant::now();
         let mut conn = open_connection(now);
-        let frames: Vec<SharedFrame> = (0..5)
-            .map(|i| encode_frame(Data::Text, format!("message {i}")))
-            .collect();
-        for frame in &frames {
+        let mut batch = Batch::default();
+        for i in 0..5 {
+            let frame = batch.frame(Data::Text, format!("message {i}").as_bytes());
             conn.send(frame, usize::MAX, now);
         }
-        let expected: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
+        let expected = batch.bytes().to_vec();
         // The kernel takes 7 bytes per turn: the queue resumes mid-frame.
         while !conn.out.is_empty() {
             conn.socket.room = 7;
-            conn.flush();
+            conn.flush(batch.bytes());
             assert_eq!(conn.out.len(), expected.len() - conn.socket.written.len());
         }
         assert_eq!(conn.socket.written, expected);
@@ -638,19 +645,21 @@ mod tests {
     fn a_client_too_slow_to_keep_up_is_closed_with_1013() {
         let now = Instant::now();
         let mut conn = open_connection(now);
-        let frame = encode_frame(Data::Text, "x".repeat(100));
-        conn.send(&frame, 250, now);
+        let mut batch = Batch::default();
+        let frame = batch.frame(Data::Text, "x".repeat(100).as_bytes());
+        let frame_bytes = batch.bytes().to_vec();
+        conn.send(frame, 250, now);
         // Half of the first frame reaches the wire, then the client stalls.
         conn.socket.room = 50;
-        conn.flush();
-        conn.send(&frame, 250, now);
-        conn.send(&frame, 250, now);
+        conn.flush(batch.bytes());
+        conn.send(frame, 250, now);
+        conn.send(frame, 250, now);
         assert!(matches!(conn.phase, Phase::Closing { .. }));
         conn.socket.room = usize::MAX;
-        conn.flush();
+        conn.flush(batch.bytes());
         let written = &conn.socket.written;
         // The rest of the started frame, then the close frame: 1013 and reason.
-        assert_eq!(&written[..frame.len()], &frame[..]);
+        assert_eq!(&written[..frame.len()], &frame_bytes[..]);
         let close = &written[frame.len()..];
         assert_eq!(close[0], 0x88);
         assert_eq!(&close[2..4], &1013u16.to_be_bytes());
@@ -668,7 +677,7 @@ mod tests {
         let ping_at = start + config.ping_interval;
         assert_eq!(conn.next_deadline(&config), Some(ping_at));
         conn.on_deadline(ping_at, &config);
-        conn.flush();
+        conn.flush(&[]);
         assert_eq!(conn.socket.written, [0x89, 0x00]);
         // A pong (any frame) resets the keepalive.
         conn.socket.input.push_back(client_frame(0xA, b""));
@@ -683,14 +692,14 @@ mod tests {
         let second_ping = later + config.ping_interval;
         conn.socket.written.clear();
         conn.on_deadline(second_ping, &config);
-        conn.flush();
+        conn.flush(&[]);
         assert_eq!(conn.socket.written, [0x89, 0x00]);
         let give_up = second_ping + config.ping_timeout;
         assert_eq!(conn.next_deadline(&config), Some(give_up));
         conn.on_deadline(give_up, &config);
         assert!(matches!(conn.phase, Phase::Closing { .. }));
         conn.socket.written.clear();
-        conn.flush();
+        conn.flush(&[]);
         assert_eq!(&conn.socket.written[2..4], &1001u16.to_be_bytes());
         assert_eq!(&conn.socket.written[4..], b"ping timeout");
     }
@@ -735,7 +744,7 @@ mod tests {
         assert!(pongs_read < 20, "stopped at the bound, after {pongs_read}");
         assert!(matches!(conn.phase, Phase::Closing { .. }));
         conn.socket.room = usize::MAX;
-        conn.flush();
+        conn.flush(&[]);
         assert_eq!(&conn.socket.written[..4], &[0x88, 21, 0x03, 0xf5]);
     }
 
@@ -743,12 +752,13 @@ mod tests {
     fn an_empty_queue_takes_one_frame_larger_than_the_bound() {
         let now = Instant::now();
         let mut conn = open_connection(now);
-        let big = encode_frame(Data::Text, "w".repeat(2000));
-        conn.send(&big, 1000, now);
+        let mut batch = Batch::default();
+        let big = batch.frame(Data::Text, "w".repeat(2000).as_bytes());
+        conn.send(big, 1000, now);
         assert!(conn.phase.is_open());
         assert_eq!(conn.out.len(), big.len());
         // Anything more while it waits is over the bound.
-        conn.send(&encode_frame(Data::Text, "x"), 1000, now);
+        conn.send(batch.frame(Data::Text, b"x"), 1000, now);
         assert!(matches!(conn.phase, Phase::Closing { .. }));
     }
 
@@ -760,7 +770,7 @@ mod tests {
         let deadline = start + config.join_timeout;
         assert_eq!(conn.next_deadline(&config), Some(deadline));
         conn.on_deadline(deadline, &config);
-        conn.flush();
+        conn.flush(&[]);
         assert_eq!(&conn.socket.written[2..4], &1008u16.to_be_bytes());
     }
 
@@ -772,7 +782,7 @@ mod tests {
         let frame = client_frame(0x1, &[b'a'; 1001]);
         conn.socket.input.push_back(frame[..8].to_vec());
         assert!(matches!(conn.poll_input(now, &config()), Input::Finished));
-        conn.flush();
+        conn.flush(&[]);
         assert_eq!(&conn.socket.written[2..4], &1009u16.to_be_bytes());
     }
 
@@ -785,7 +795,7 @@ mod tests {
             .push_back(client_frame(0x8, &1000u16.to_be_bytes()));
         assert!(matches!(conn.poll_input(now, &config()), Input::Finished));
         assert!(conn.take_goodbye());
-        conn.flush();
+        conn.flush(&[]);
         // Our close reply went out, then FIN.
         assert_eq!(conn.socket.written, [0x88, 0x02, 0x03, 0xe8]);
         assert!(conn.socket.shut.get());
@@ -807,7 +817,7 @@ mod tests {
         };
         let mut conn = Connection::new(socket, "127.0.0.1:9".parse().unwrap(), 1, now);
         assert!(matches!(conn.poll_input(now, &config()), Input::Finished));
-        conn.flush();
+        conn.flush(&[]);
         assert!(conn
             .socket
             .written

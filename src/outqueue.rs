@@ -1,68 +1,136 @@
-//! Output waiting for a socket: the frames queued for one connection until
-//! the kernel takes them.
+//! Output on its way to the sockets: the round's [`Batch`] of encoded
+//! frames, shared by every connection they are sent to, and each
+//! connection's [`OutQueue`].
+//!
+//! Everything the service sends during a turn is framed once, appended to
+//! the batch, and recorded in each recipient's queue as a range of it.
+//! Consecutive frames for the same recipient are consecutive in the batch,
+//! so the ranges merge: a client that is sent forty messages in a turn has
+//! one range, written with one `writev` of one buffer. At the end of the
+//! round each queue is written, whatever a socket did not take is copied
+//! into that queue's own backlog, and the batch is cleared for the next
+//! round. So a slow reader never holds on to a batch, and a delivery costs
+//! a range comparison, not an allocation or a reference count.
 
-use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
-use std::rc::Rc;
+use std::marker::PhantomData;
+use std::ops::Range;
 
 use tungstenite::protocol::frame::coding::{Data, OpCode};
-use tungstenite::protocol::frame::Frame;
-use tungstenite::Bytes;
+use tungstenite::protocol::frame::FrameHeader;
 
-/// The most buffers handed to one `writev`. Linux accepts 1024; 64 already
-/// covers a turn's worth of chat frames for one client.
-const MAX_IOVECS: usize = 64;
+/// The most buffers handed to one `writev`. Linux accepts 1024; a queue
+/// rarely holds more than three (its backlog, this round's range, a pong).
+const MAX_IOVECS: usize = 16;
 
-/// An empty queue keeps its allocation unless it grew past this many
-/// frames, so a burst does not pin memory on an idle connection.
-const KEPT_QUEUE_CAPACITY: usize = 16;
+/// A backlog that empties keeps its allocation only up to this size, so a
+/// burst does not pin memory on a connection that then goes idle: idle
+/// connections are most of a big server's memory.
+const KEPT_BACKLOG_BYTES: usize = 1024;
 
-/// An encoded WebSocket frame, shared by every connection it is sent to: a
-/// broadcast is framed once and each recipient's queue holds a pointer.
-pub type SharedFrame = Rc<[u8]>;
+/// A batch keeps this much capacity between rounds. Large enough for a
+/// busy round of chat frames (16 KiB is about 150 messages), so a steady
+/// load allocates nothing; a round that needed more (a long `welcome`)
+/// gives the excess back.
+const KEPT_BATCH_BYTES: usize = 64 * 1024;
 
-/// Encodes a final (unfragmented) server frame: unmasked, so the same bytes
-/// are valid for every recipient.
-pub fn encode_frame(data: Data, payload: impl Into<Bytes>) -> SharedFrame {
-    let frame = Frame::message(payload, OpCode::Data(data), true);
-    let mut bytes = Vec::with_capacity(frame.len());
-    frame
-        .format(&mut bytes)
-        .expect("writing a frame into a Vec cannot fail");
-    bytes.into()
+/// This round's encoded frames, back to back. Connections' queues hold
+/// ranges of it until the round's flush, then it is cleared.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// The frames, in the order they were framed.
+    bytes: Vec<u8>,
 }
 
-/// Output waiting for the socket, as a list of frames so that the frames of
-/// a broadcast are shared rather than copied.
+/// A frame in this round's [`Batch`], to be sent to any number of
+/// connections. Its lifetime ties it to the round, so a service cannot keep
+/// one for a later round, when the batch holds other frames.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameRef<'round> {
+    /// Where the frame starts in the batch.
+    start: usize,
+    /// Where it ends.
+    end: usize,
+    /// The round it belongs to.
+    round: PhantomData<&'round ()>,
+}
+
+impl FrameRef<'_> {
+    /// The frame's size on the wire.
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Whether the frame is empty (never: a frame has a header).
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+}
+
+impl Batch {
+    /// Appends a final (unfragmented) server frame and returns where it is.
+    /// Server frames are unmasked, so the same bytes suit every recipient.
+    /// The caller names the round: the server's `Outbox` ties it to the
+    /// borrow of the batch that lasts until the round is flushed.
+    pub fn frame<'round>(&mut self, data: Data, payload: &[u8]) -> FrameRef<'round> {
+        let start = self.bytes.len();
+        let header = FrameHeader {
+            opcode: OpCode::Data(data),
+            ..FrameHeader::default()
+        };
+        header
+            .format(payload.len() as u64, &mut self.bytes)
+            .expect("writing a frame header into a Vec cannot fail");
+        self.bytes.extend_from_slice(payload);
+        FrameRef {
+            start,
+            end: self.bytes.len(),
+            round: PhantomData,
+        }
+    }
+
+    /// The frames, for [`OutQueue::write_to`].
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Forgets the round's frames once every queue has been written.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.bytes.shrink_to(KEPT_BATCH_BYTES);
+    }
+}
+
+/// One connection's output that the kernel has not taken yet.
 #[derive(Debug, Default)]
 pub struct OutQueue {
-    /// Waiting chunks, oldest first. Only the first can be partly written.
-    chunks: VecDeque<Chunk>,
-    /// How many bytes of the first chunk are already written.
+    /// Bytes from earlier rounds, oldest first: what the socket did not
+    /// take, copied out of its batch (and the `101` response, which is put
+    /// here directly). It is never discarded, since it may end mid-frame.
+    backlog: Vec<u8>,
+    /// How many bytes at the front of `backlog` are already written.
     written: usize,
-    /// Unwritten bytes in all chunks: what `--max-outbound-bytes` bounds.
+    /// This round's output in the order it was queued, after the backlog.
+    round: Vec<Piece>,
+    /// Unwritten bytes in all: what `--max-outbound-bytes` bounds.
     len: usize,
-    /// Unwritten bytes at the front that [`discard_unstarted`] keeps: the
-    /// `101` response, without which no frame after it makes sense.
-    ///
-    /// [`discard_unstarted`]: Self::discard_unstarted
-    sealed: usize,
 }
 
-/// One piece of queued output.
+/// A piece of this round's output.
 #[derive(Debug)]
-enum Chunk {
-    /// A frame shared with other connections.
-    Shared(SharedFrame),
-    /// Bytes only this connection sends: handshake responses, pongs, closes.
-    Owned(Vec<u8>),
+enum Piece {
+    /// Frames in the round's batch (ranges for the same client merge).
+    Shared(Range<usize>),
+    /// Bytes only this connection sends: pongs, a close frame, an HTTP
+    /// response.
+    Own(Vec<u8>),
 }
 
-impl Chunk {
-    fn bytes(&self) -> &[u8] {
+impl Piece {
+    fn bytes<'b>(&'b self, batch: &'b [u8]) -> &'b [u8] {
         match self {
-            Chunk::Shared(frame) => frame,
-            Chunk::Owned(bytes) => bytes,
+            Piece::Shared(range) => &batch[range.clone()],
+            Piece::Own(bytes) => bytes,
         }
     }
 }
@@ -78,98 +146,265 @@ impl OutQueue {
         self.len == 0
     }
 
-    /// Queues a shared frame.
-    pub fn push_shared(&mut self, frame: &SharedFrame) {
+    /// Queues a frame of this round's batch.
+    pub fn push_frame(&mut self, frame: FrameRef<'_>) {
         self.len += frame.len();
-        self.chunks.push_back(Chunk::Shared(Rc::clone(frame)));
+        match self.round.last_mut() {
+            Some(Piece::Shared(range)) if range.end == frame.start => range.end = frame.end,
+            _ => self.round.push(Piece::Shared(frame.start..frame.end)),
+        }
     }
 
-    /// Queues bytes of our own, appending to the last chunk when it is ours,
-    /// not yet on the wire and not sealed, so small writes become one buffer.
+    /// Queues bytes of our own.
     pub fn push_bytes(&mut self, bytes: &[u8]) {
         if bytes.is_empty() {
             return;
         }
-        let last_untouched = self.chunks.len() > 1 || self.written == 0;
-        let unsealed = self.len - self.sealed;
-        match self.chunks.back_mut() {
-            // An untouched last chunk is unwritten whole; it is unsealed
-            // when all of it lies past the sealed bytes.
-            Some(Chunk::Owned(tail)) if last_untouched && tail.len() <= unsealed => {
-                tail.extend_from_slice(bytes)
-            }
-            _ => self.chunks.push_back(Chunk::Owned(bytes.to_vec())),
-        }
         self.len += bytes.len();
+        match self.round.last_mut() {
+            Some(Piece::Own(own)) => own.extend_from_slice(bytes),
+            _ => self.round.push(Piece::Own(bytes.to_vec())),
+        }
     }
 
     /// Queues bytes that [`discard_unstarted`](Self::discard_unstarted)
-    /// must never drop, with everything queued before them: the `101`
-    /// response that every later frame depends on.
+    /// must never drop: the `101` response, the first bytes a connection
+    /// sends, which every later frame depends on.
     pub fn push_sealed(&mut self, bytes: &[u8]) {
-        self.chunks.push_back(Chunk::Owned(bytes.to_vec()));
+        debug_assert!(self.round.is_empty(), "the 101 response comes first");
+        self.backlog.extend_from_slice(bytes);
         self.len += bytes.len();
-        self.sealed = self.len;
     }
 
-    /// Drops every chunk not yet started, keeping the one partly on the
-    /// wire and the sealed ones so the stream stays well-formed: room for a
-    /// last close frame.
+    /// Drops this round's output, none of which has been written yet,
+    /// keeping the backlog (the stream stays well-formed): room for a last
+    /// close frame.
     pub fn discard_unstarted(&mut self) {
-        let mut kept_chunks = 0;
-        let mut kept_bytes = 0;
-        for (i, chunk) in self.chunks.iter().enumerate() {
-            let started = i == 0 && self.written > 0;
-            if !started && kept_bytes >= self.sealed {
-                break;
-            }
-            let written = if i == 0 { self.written } else { 0 };
-            kept_bytes += chunk.bytes().len() - written;
-            kept_chunks += 1;
-        }
-        self.chunks.truncate(kept_chunks);
-        self.len = kept_bytes;
+        self.len = self.backlog.len() - self.written;
+        self.round.clear();
     }
 
-    /// Writes as much as the sink takes. Returns `Ok` when the queue is
+    /// Writes as much as the sink takes, with `batch` the bytes of this
+    /// round's [`Batch`], then copies what is left of this round into the
+    /// backlog, so the batch can be cleared. Returns `Ok` when the queue is
     /// empty or the sink would block (check [`is_empty`](Self::is_empty));
     /// any other error means the connection is broken.
-    pub fn write_to<W: Write>(&mut self, sink: &mut W) -> io::Result<()> {
-        while !self.chunks.is_empty() {
+    pub fn write_to<W: Write>(&mut self, sink: &mut W, batch: &[u8]) -> io::Result<()> {
+        // How much of the round is written: whole pieces, then bytes of the next.
+        let mut pieces_done = 0;
+        let mut piece_written = 0;
+        let result = loop {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let mut count = 0;
-            for (slot, chunk) in slices.iter_mut().zip(&self.chunks) {
-                *slot = IoSlice::new(chunk.bytes());
+            if self.written < self.backlog.len() {
+                slices[0] = IoSlice::new(&self.backlog[self.written..]);
+                count = 1;
+            }
+            for (i, piece) in self.round.iter().enumerate().skip(pieces_done) {
+                if count == MAX_IOVECS {
+                    break;
+                }
+                let skip = if i == pieces_done { piece_written } else { 0 };
+                slices[count] = IoSlice::new(&piece.bytes(batch)[skip..]);
                 count += 1;
             }
-            slices[0] = IoSlice::new(&self.chunks[0].bytes()[self.written..]);
-            match sink.write_vectored(&slices[..count]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.consume(n),
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(err) => return Err(err),
+            if count == 0 {
+                break Ok(());
             }
-        }
-        Ok(())
+            let mut n = match sink.write_vectored(&slices[..count]) {
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break Ok(()),
+                Err(err) => break Err(err),
+            };
+            self.len -= n;
+            let from_backlog = n.min(self.backlog.len() - self.written);
+            self.written += from_backlog;
+            n -= from_backlog;
+            if self.written == self.backlog.len() {
+                self.clear_backlog();
+            }
+            while n > 0 {
+                let left = self.round[pieces_done].bytes(batch).len() - piece_written;
+                if n < left {
+                    piece_written += n;
+                    break;
+                }
+                n -= left;
+                pieces_done += 1;
+                piece_written = 0;
+            }
+        };
+        self.spill(batch, pieces_done, piece_written);
+        result
     }
 
-    /// Forgets `n` written bytes from the front.
-    fn consume(&mut self, mut n: usize) {
-        self.len -= n;
-        self.sealed = self.sealed.saturating_sub(n);
-        while n > 0 {
-            let left_in_first = self.chunks[0].bytes().len() - self.written;
-            if n < left_in_first {
-                self.written += n;
-                return;
+    /// Moves the unwritten rest of this round into the backlog.
+    fn spill(&mut self, batch: &[u8], pieces_done: usize, piece_written: usize) {
+        if pieces_done < self.round.len() {
+            if self.written > 0 {
+                self.backlog.drain(..self.written);
+                self.written = 0;
             }
-            n -= left_in_first;
-            self.chunks.pop_front();
-            self.written = 0;
+            for (i, piece) in self.round.iter().enumerate().skip(pieces_done) {
+                let skip = if i == pieces_done { piece_written } else { 0 };
+                self.backlog.extend_from_slice(&piece.bytes(batch)[skip..]);
+            }
         }
-        if self.chunks.is_empty() && self.chunks.capacity() > KEPT_QUEUE_CAPACITY {
-            self.chunks = VecDeque::new();
+        self.round.clear();
+    }
+
+    /// Forgets a fully written backlog, giving back a large allocation.
+    fn clear_backlog(&mut self) {
+        self.written = 0;
+        if self.backlog.capacity() > KEPT_BACKLOG_BYTES {
+            self.backlog = Vec::new();
+        } else {
+            self.backlog.clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink that takes at most `room` bytes per call, then would block.
+    #[derive(Default)]
+    struct Sink {
+        written: Vec<u8>,
+        room: usize,
+        calls: usize,
+    }
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.calls += 1;
+            let before = self.written.len();
+            for buf in bufs {
+                let take = buf.len().min(self.room - (self.written.len() - before));
+                self.written.extend_from_slice(&buf[..take]);
+            }
+            let n = self.written.len() - before;
+            self.room -= n;
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn consecutive_frames_for_one_client_become_one_buffer() {
+        let mut batch = Batch::default();
+        let mut queue = OutQueue::default();
+        let mut expected = Vec::new();
+        for i in 0..40 {
+            let frame = batch.frame(Data::Text, format!("message {i}").as_bytes());
+            queue.push_frame(frame);
+        }
+        expected.extend_from_slice(batch.bytes());
+        assert_eq!(queue.round.len(), 1);
+        let mut sink = Sink {
+            room: usize::MAX,
+            ..Sink::default()
+        };
+        queue.write_to(&mut sink, batch.bytes()).unwrap();
+        assert_eq!(sink.calls, 1);
+        assert_eq!(sink.written, expected);
+        assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn frames_for_others_in_between_split_the_ranges_but_keep_the_order() {
+        let mut batch = Batch::default();
+        let mut queue = OutQueue::default();
+        let first = batch.frame(Data::Text, b"first");
+        let _for_someone_else = batch.frame(Data::Text, b"other");
+        let second = batch.frame(Data::Text, b"second");
+        queue.push_frame(first);
+        queue.push_bytes(b"pong");
+        queue.push_frame(second);
+        let expected: Vec<u8> = [
+            &batch.bytes()[first.start..first.end],
+            b"pong",
+            &batch.bytes()[second.start..second.end],
+        ]
+        .concat();
+        let mut sink = Sink {
+            room: usize::MAX,
+            ..Sink::default()
+        };
+        queue.write_to(&mut sink, batch.bytes()).unwrap();
+        assert_eq!(sink.written, expected);
+    }
+
+    #[test]
+    fn what_the_socket_does_not_take_survives_the_batch() {
+        let mut queue = OutQueue::default();
+        queue.push_sealed(b"HTTP/1.1 101\r\n\r\n");
+        let mut expected = b"HTTP/1.1 101\r\n\r\n".to_vec();
+        let mut sink = Sink::default();
+        for round in 0..5 {
+            let mut batch = Batch::default();
+            let frame = batch.frame(Data::Text, format!("round {round}").as_bytes());
+            queue.push_frame(frame);
+            queue.push_bytes(b"!");
+            expected.extend_from_slice(batch.bytes());
+            expected.push(b'!');
+            // The kernel takes 7 bytes per round; the rest waits.
+            sink.room = 7;
+            queue.write_to(&mut sink, batch.bytes()).unwrap();
+            assert_eq!(queue.len(), expected.len() - sink.written.len());
+            // The batch is gone: everything left is the queue's own.
+            assert!(queue.round.is_empty());
+        }
+        while !queue.is_empty() {
+            sink.room = 7;
+            queue.write_to(&mut sink, &[]).unwrap();
+        }
+        assert_eq!(sink.written, expected);
+    }
+
+    #[test]
+    fn discarding_keeps_the_backlog_and_drops_the_round() {
+        let mut queue = OutQueue::default();
+        queue.push_sealed(b"HTTP/1.1 101\r\n\r\n");
+        let mut batch = Batch::default();
+        queue.push_frame(batch.frame(Data::Text, b"dropped"));
+        queue.discard_unstarted();
+        queue.push_bytes(b"close");
+        let mut sink = Sink {
+            room: usize::MAX,
+            ..Sink::default()
+        };
+        queue.write_to(&mut sink, batch.bytes()).unwrap();
+        assert_eq!(sink.written, b"HTTP/1.1 101\r\n\r\nclose");
+    }
+
+    #[test]
+    fn a_large_backlog_is_given_back_once_written() {
+        let mut queue = OutQueue::default();
+        let mut batch = Batch::default();
+        queue.push_frame(batch.frame(Data::Binary, &[0; 10_000]));
+        let mut sink = Sink {
+            room: 100,
+            ..Sink::default()
+        };
+        queue.write_to(&mut sink, batch.bytes()).unwrap();
+        assert!(queue.backlog.capacity() >= 9_900);
+        sink.room = usize::MAX;
+        queue.write_to(&mut sink, &[]).unwrap();
+        assert!(queue.is_empty());
+        assert_eq!(queue.backlog.capacity(), 0);
     }
 }

@@ -32,7 +32,8 @@ use slab::Slab;
 use tungstenite::protocol::frame::coding::{CloseCode, Data};
 
 use crate::config::ServerConfig;
-use crate::connection::{encode_frame, Connection, Input, SharedFrame, CLOSE_LINGER};
+use crate::connection::{Connection, Input, CLOSE_LINGER};
+use crate::outqueue::{Batch, FrameRef};
 use crate::timers::Timers;
 
 /// Identifies a connection to the service: its slab key. Valid until the
@@ -90,30 +91,33 @@ pub struct Outbox<'a> {
     conns: &'a mut Slab<Connection<TcpStream>>,
     /// Connections to settle at the end of the turn.
     touched: &'a mut Vec<usize>,
+    /// Where this round's frames are encoded.
+    batch: &'a mut Batch,
     /// The time of this turn.
     now: Instant,
     /// The per-client output bound.
     max_outbound: usize,
 }
 
-impl Outbox<'_> {
+impl<'a> Outbox<'a> {
     /// The time of this loop turn (read once per turn, not per event).
     pub fn now(&self) -> Instant {
         self.now
     }
 
-    /// Frames a text message once, to send it to any number of connections.
-    pub fn frame_text(text: String) -> SharedFrame {
-        encode_frame(Data::Text, text)
+    /// Frames a text message once, to send it to any number of connections
+    /// in this round.
+    pub fn frame_text(&mut self, text: &str) -> FrameRef<'a> {
+        self.batch.frame(Data::Text, text.as_bytes())
     }
 
     /// Frames a binary message once.
-    pub fn frame_binary(data: impl Into<tungstenite::Bytes>) -> SharedFrame {
-        encode_frame(Data::Binary, data)
+    pub fn frame_binary(&mut self, data: &[u8]) -> FrameRef<'a> {
+        self.batch.frame(Data::Binary, data)
     }
 
     /// Queues a frame for one connection. Ignored if it is not open.
-    pub fn send(&mut self, conn: ConnId, frame: &SharedFrame) {
+    pub fn send(&mut self, conn: ConnId, frame: FrameRef<'a>) {
         if let Some(connection) = self.conns.get_mut(conn) {
             connection.send(frame, self.max_outbound, self.now);
             touch(self.touched, conn, connection);
@@ -196,6 +200,10 @@ pub struct Server<S> {
     backlog: Vec<usize>,
     /// Connections to settle at the end of this turn.
     touched: Vec<usize>,
+    /// The connections being settled in this round (kept for its allocation).
+    settling: Vec<usize>,
+    /// This round's frames, shared by every connection they are sent to.
+    batch: Batch,
 }
 
 impl<S: Service> Server<S> {
@@ -225,6 +233,8 @@ impl<S: Service> Server<S> {
             spare_fd: File::open("/dev/null").ok(),
             backlog: Vec::new(),
             touched: Vec::new(),
+            settling: Vec::new(),
+            batch: Batch::default(),
         })
     }
 
@@ -402,6 +412,7 @@ impl<S: Service> Server<S> {
             let mut out = Outbox {
                 conns: &mut self.conns,
                 touched: &mut self.touched,
+                batch: &mut self.batch,
                 now,
                 max_outbound: self.config.max_outbound_bytes,
             };
@@ -436,36 +447,50 @@ impl<S: Service> Server<S> {
         }
     }
 
-    /// Settles every connection touched in this turn (see the module docs).
+    /// Settles every connection touched in this turn (see the module docs),
+    /// in rounds: a connection that fails while being written is told to
+    /// the service in the next round, whose `left` broadcast may touch
+    /// connections already written in this one.
     fn settle(&mut self, now: Instant) -> io::Result<()> {
-        // The list can grow while we go: telling the service of a closed
-        // connection may send to others (a `left` broadcast).
-        let mut next = 0;
-        while next < self.touched.len() {
-            let key = self.touched[next];
-            next += 1;
-            let Some(conn) = self.conns.get_mut(key) else {
-                continue;
-            };
-            conn.touched = false;
-            if conn.take_goodbye() {
-                self.say_goodbye(key, now);
+        loop {
+            // Goodbyes first, so that their broadcasts join this round's batch.
+            let mut next = 0;
+            while let Some(&key) = self.touched.get(next) {
+                next += 1;
+                if self.conns[key].take_goodbye() {
+                    self.say_goodbye(key, now);
+                }
             }
-            let conn = &mut self.conns[key];
-            conn.flush();
-            if conn.take_goodbye() {
-                self.say_goodbye(key, now);
+            if self.touched.is_empty() {
+                return Ok(());
             }
-            self.update_registration(key)?;
+            // Nothing sends while the round is written, so every range in a
+            // queue is a range of this batch.
+            let mut round =
+                std::mem::replace(&mut self.touched, std::mem::take(&mut self.settling));
+            for &key in &round {
+                let conn = &mut self.conns[key];
+                conn.touched = false;
+                conn.flush(self.batch.bytes());
+                if conn.has_goodbye_pending() {
+                    // It failed: the service hears of it next round, and
+                    // then it is removed.
+                    touch(&mut self.touched, key, conn);
+                    continue;
+                }
+                self.update_registration(key)?;
+            }
+            round.clear();
+            self.settling = round;
+            self.batch.clear();
         }
-        self.touched.clear();
-        Ok(())
     }
 
     fn say_goodbye(&mut self, key: usize, now: Instant) {
         let mut out = Outbox {
             conns: &mut self.conns,
             touched: &mut self.touched,
+            batch: &mut self.batch,
             now,
             max_outbound: self.config.max_outbound_bytes,
         };

@@ -37,7 +37,7 @@ fn never_reading_client(config: &ServerConfig, pings: usize) -> Vec<u8> {
     }
     assert!(!conn.phase.is_open(), "closed as too slow");
     conn.socket.room = usize::MAX;
-    conn.flush();
+    conn.flush(&[]);
     conn.socket.written
 }
 

@@ -40,7 +40,8 @@ use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use miochat::connection::{encode_frame, Connection, Input, SharedFrame, Socket};
+use miochat::connection::{Connection, Input, Socket};
+use miochat::outqueue::Batch;
 use miochat::{http, ServerConfig};
 use tungstenite::protocol::frame::coding::{CloseCode, Data};
 
@@ -194,8 +195,8 @@ struct Run<'a> {
     config: ServerConfig,
     now: Instant,
     app: App,
-    /// Frames by payload size, encoded once per run like a broadcast.
-    frames: [Option<SharedFrame>; PAYLOADS.len()],
+    /// This round's frames, like the server's: cleared after each flush.
+    batch: Batch,
 }
 
 impl Run<'_> {
@@ -241,13 +242,13 @@ impl Run<'_> {
             return;
         }
         let size = usize::from(choice >> 2) % PAYLOADS.len();
-        let frame = self.frames[size]
-            .get_or_insert_with(|| encode_frame(Data::Text, "x".repeat(PAYLOADS[size])))
-            .clone();
+        let frame = self
+            .batch
+            .frame(Data::Text, "x".repeat(PAYLOADS[size]).as_bytes());
         self.app.largest_frame = self.app.largest_frame.max(frame.len());
         for _ in 0..choice & 3 {
             self.conn
-                .send(&frame, self.config.max_outbound_bytes, self.now);
+                .send(frame, self.config.max_outbound_bytes, self.now);
             self.check_queue();
         }
     }
@@ -256,7 +257,8 @@ impl Run<'_> {
     fn settle(&mut self, room: usize) {
         self.take_goodbye();
         self.conn.socket.room = room;
-        self.conn.flush();
+        self.conn.flush(self.batch.bytes());
+        self.batch.clear();
         self.take_goodbye();
         self.check_queue();
         if self.app.opened && !self.conn.phase.is_open() {
@@ -339,7 +341,7 @@ fuzz_target!(|data: &[u8]| {
         config,
         now,
         app: App::default(),
-        frames: Default::default(),
+        batch: Batch::default(),
     };
 
     // The scripted turns: while the peer's bytes arrive, and a few after.
