@@ -23,13 +23,11 @@ impl Service for Echo {
     }
 
     fn text(&mut self, conn: ConnId, text: &str, out: &mut Outbox<'_>) {
-        let frame = out.frame_text(text);
-        out.send(conn, frame);
+        out.send_text(conn, text);
     }
 
     fn binary(&mut self, conn: ConnId, data: &[u8], out: &mut Outbox<'_>) {
-        let frame = out.frame_binary(data);
-        out.send(conn, frame);
+        out.send_binary(conn, data);
     }
 
     fn closed(&mut self, _conn: ConnId, _out: &mut Outbox<'_>) {}

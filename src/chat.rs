@@ -82,9 +82,11 @@ struct Outgoing<'m, 'round> {
 }
 
 impl<'round> Outgoing<'_, 'round> {
+    /// Sends the message to one of several recipients: encoded once into
+    /// the round's batch, shared by all of them.
     fn send(&mut self, out: &mut Outbox<'round>, to: ConnId, mode: Mode) {
+        let message = self.message;
         if mode == Mode::Plain {
-            let message = self.message;
             let frames = self.plain.get_or_insert_with(|| {
                 plain::render(message)
                     .iter()
@@ -95,11 +97,21 @@ impl<'round> Outgoing<'_, 'round> {
                 out.send(to, frame);
             }
         } else {
-            let message = self.message;
             let frame = *self
                 .json
                 .get_or_insert_with(|| out.frame_text(&message.to_json()));
             out.send(to, frame);
+        }
+    }
+
+    /// Sends the message to its only recipient, straight into its queue.
+    fn send_alone(&self, out: &mut Outbox<'round>, to: ConnId, mode: Mode) {
+        if mode == Mode::Plain {
+            for line in plain::render(self.message) {
+                out.send_text(to, &line);
+            }
+        } else {
+            out.send_text(to, &self.message.to_json());
         }
     }
 }
@@ -147,7 +159,7 @@ impl Chat {
             };
             let mut send = |user: ConnId| outgoing.send(out, user, mode_of(user));
             match to {
-                Audience::One(user) => send(user),
+                Audience::One(user) => outgoing.send_alone(out, user, mode_of(user)),
                 Audience::Pair(sender, recipient) => {
                     send(sender);
                     if recipient != sender {
@@ -187,8 +199,7 @@ impl Chat {
         match plain::interpret(joined, text) {
             Line::Request(request) => Some(request),
             Line::Reply(reply) => {
-                let frame = out.frame_text(&reply);
-                out.send(conn, frame);
+                out.send_text(conn, &reply);
                 None
             }
             Line::Quit => {

@@ -18,7 +18,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
-use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::frame::coding::{CloseCode, Data};
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 
@@ -371,21 +371,32 @@ impl<S: Socket> Connection<S> {
         self.enter_closing(now);
     }
 
-    /// Queues a frame for the client if the WebSocket is open. A client
-    /// whose queue would pass `max_outbound` is too slow to keep up: what it
-    /// has not started receiving is dropped and it is closed with 1013.
+    /// Queues a frame of the round's batch for the client if the WebSocket
+    /// is open. A client whose queue would pass `max_outbound` is too slow
+    /// to keep up: what it has not started receiving is dropped and it is
+    /// closed with 1013.
     ///
     /// An empty queue takes any one frame, so a message larger than the
     /// bound (a `welcome` with a long history) cannot lock a client out.
     pub fn send(&mut self, frame: FrameRef<'_>, max_outbound: usize, now: Instant) {
+        self.queue(max_outbound, now, |out| out.push_frame(frame));
+    }
+
+    /// Like [`send`](Self::send), for a frame only this client is sent:
+    /// it is framed straight into the client's queue.
+    pub fn send_own(&mut self, data: Data, payload: &[u8], max_outbound: usize, now: Instant) {
+        self.queue(max_outbound, now, |out| out.push_own_frame(data, payload));
+    }
+
+    fn queue(&mut self, max_outbound: usize, now: Instant, push: impl FnOnce(&mut OutQueue)) {
         if !self.phase.is_open() {
             return;
         }
-        if !self.out.is_empty() && self.out.len() + frame.len() > max_outbound {
+        let was_empty = self.out.is_empty();
+        push(&mut self.out);
+        if !was_empty && self.out.len() > max_outbound {
             self.too_slow(now);
-            return;
         }
-        self.out.push_frame(frame);
     }
 
     /// Closes a client that does not read what it is sent, dropping what

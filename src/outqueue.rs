@@ -74,14 +74,7 @@ impl Batch {
     /// borrow of the batch that lasts until the round is flushed.
     pub fn frame<'round>(&mut self, data: Data, payload: &[u8]) -> FrameRef<'round> {
         let start = self.bytes.len();
-        let header = FrameHeader {
-            opcode: OpCode::Data(data),
-            ..FrameHeader::default()
-        };
-        header
-            .format(payload.len() as u64, &mut self.bytes)
-            .expect("writing a frame header into a Vec cannot fail");
-        self.bytes.extend_from_slice(payload);
+        encode_frame(&mut self.bytes, data, payload);
         FrameRef {
             start,
             end: self.bytes.len(),
@@ -99,6 +92,19 @@ impl Batch {
         self.bytes.clear();
         self.bytes.shrink_to(KEPT_BATCH_BYTES);
     }
+}
+
+/// Appends a final (unfragmented) server frame to `buf`. Server frames are
+/// unmasked, so the same bytes suit every recipient.
+fn encode_frame(buf: &mut Vec<u8>, data: Data, payload: &[u8]) {
+    let header = FrameHeader {
+        opcode: OpCode::Data(data),
+        ..FrameHeader::default()
+    };
+    header
+        .format(payload.len() as u64, buf)
+        .expect("writing a frame header into a Vec cannot fail");
+    buf.extend_from_slice(payload);
 }
 
 /// One connection's output that the kernel has not taken yet.
@@ -155,15 +161,32 @@ impl OutQueue {
         }
     }
 
+    /// Queues a frame for this connection alone, framed straight into its
+    /// queue: a frame in the batch would sit between the shared frames of
+    /// everyone else's ranges and split each of them in two.
+    pub fn push_own_frame(&mut self, data: Data, payload: &[u8]) {
+        let before = self.own_tail().len();
+        encode_frame(self.own_tail(), data, payload);
+        self.len += self.own_tail().len() - before;
+    }
+
     /// Queues bytes of our own.
     pub fn push_bytes(&mut self, bytes: &[u8]) {
         if bytes.is_empty() {
             return;
         }
+        self.own_tail().extend_from_slice(bytes);
         self.len += bytes.len();
+    }
+
+    /// The last piece of the round, if it is our own bytes, else a new one.
+    fn own_tail(&mut self) -> &mut Vec<u8> {
+        if !matches!(self.round.last(), Some(Piece::Own(_))) {
+            self.round.push(Piece::Own(Vec::new()));
+        }
         match self.round.last_mut() {
-            Some(Piece::Own(own)) => own.extend_from_slice(bytes),
-            _ => self.round.push(Piece::Own(bytes.to_vec())),
+            Some(Piece::Own(own)) => own,
+            _ => unreachable!("an own piece was just pushed"),
         }
     }
 
@@ -346,6 +369,28 @@ mod tests {
         };
         queue.write_to(&mut sink, batch.bytes()).unwrap();
         assert_eq!(sink.written, expected);
+    }
+
+    #[test]
+    fn a_frame_of_its_own_keeps_its_place_between_shared_ones() {
+        let mut batch = Batch::default();
+        let mut queue = OutQueue::default();
+        queue.push_frame(batch.frame(Data::Text, b"shared 1"));
+        queue.push_own_frame(Data::Text, b"only yours");
+        queue.push_frame(batch.frame(Data::Text, b"shared 2"));
+        let mut expected = Vec::new();
+        encode_frame(&mut expected, Data::Text, b"shared 1");
+        encode_frame(&mut expected, Data::Text, b"only yours");
+        encode_frame(&mut expected, Data::Text, b"shared 2");
+        assert_eq!(queue.len(), expected.len());
+        let mut sink = Sink {
+            room: usize::MAX,
+            ..Sink::default()
+        };
+        queue.write_to(&mut sink, batch.bytes()).unwrap();
+        assert_eq!(sink.written, expected);
+        // The batch holds the shared frames only, back to back.
+        assert_eq!(batch.bytes().len(), 2 * (2 + b"shared 1".len()));
     }
 
     #[test]

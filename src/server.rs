@@ -46,6 +46,13 @@ const LISTENER: Token = Token(usize::MAX - 1);
 /// The waker's token: another thread asked the loop to stop.
 const WAKER: Token = Token(usize::MAX);
 
+/// Completed connections the kernel holds for us until we accept them.
+/// mio's default is 128: a burst of connects longer than one slow turn
+/// overflows it, and every connect beyond it waits for a SYN retransmit
+/// (1 s, then 3 s, 7 s). Linux caps it at `net.core.somaxconn`, 4096 by
+/// default.
+const LISTEN_BACKLOG: i32 = 4096;
+
 /// Readiness events taken from the kernel per `poll`. More than this simply
 /// wait for the next turn; 1024 amortises the syscall without a large array.
 const EVENTS_PER_POLL: usize = 1024;
@@ -105,21 +112,36 @@ impl<'a> Outbox<'a> {
         self.now
     }
 
-    /// Frames a text message once, to send it to any number of connections
-    /// in this round.
+    /// Frames a text message once, to [`send`](Self::send) it to any number
+    /// of connections in this round.
     pub fn frame_text(&mut self, text: &str) -> FrameRef<'a> {
         self.batch.frame(Data::Text, text.as_bytes())
-    }
-
-    /// Frames a binary message once.
-    pub fn frame_binary(&mut self, data: &[u8]) -> FrameRef<'a> {
-        self.batch.frame(Data::Binary, data)
     }
 
     /// Queues a frame for one connection. Ignored if it is not open.
     pub fn send(&mut self, conn: ConnId, frame: FrameRef<'a>) {
         if let Some(connection) = self.conns.get_mut(conn) {
             connection.send(frame, self.max_outbound, self.now);
+            touch(self.touched, conn, connection);
+        }
+    }
+
+    /// Sends a text message to one connection only (a reply, a welcome).
+    /// Cheaper than [`frame_text`](Self::frame_text) and `send` for a single
+    /// recipient, and it keeps the round's batch to shared frames, so the
+    /// frames each client shares with others stay one range.
+    pub fn send_text(&mut self, conn: ConnId, text: &str) {
+        self.send_own(conn, Data::Text, text.as_bytes());
+    }
+
+    /// Sends a binary message to one connection only.
+    pub fn send_binary(&mut self, conn: ConnId, data: &[u8]) {
+        self.send_own(conn, Data::Binary, data);
+    }
+
+    fn send_own(&mut self, conn: ConnId, data: Data, payload: &[u8]) {
+        if let Some(connection) = self.conns.get_mut(conn) {
+            connection.send_own(data, payload, self.max_outbound, self.now);
             touch(self.touched, conn, connection);
         }
     }
@@ -210,7 +232,7 @@ impl<S: Service> Server<S> {
     /// Binds the listening socket and prepares the loop; [`run`](Self::run) starts it.
     pub fn bind(config: ServerConfig, service: S) -> io::Result<Self> {
         let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(config.addr)?;
+        let mut listener = listen(config.addr)?;
         let local_addr = listener.local_addr()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -547,6 +569,22 @@ impl<S: Service> Server<S> {
             touch(&mut self.touched, key, conn);
         }
     }
+}
+
+/// A non-blocking listening socket with our backlog (mio's `bind` picks
+/// its own) and `SO_REUSEADDR`, so a restarted server can bind while old
+/// connections linger in TIME_WAIT.
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(TcpListener::from_std(socket.into()))
 }
 
 /// Whether `accept` failed because the process or the system ran out of
