@@ -84,6 +84,7 @@ pub fn render(message: &ServerMessage) -> Vec<String> {
                 .iter()
                 .map(|m| format!("{} {}: {}", clock(&m.ts), m.from, m.text))
                 .collect();
+            let users = users.names();
             lines.push(format!(
                 "welcome, {name}! online ({}): {} (type /help for commands)",
                 users.len(),
@@ -105,6 +106,7 @@ pub fn render(message: &ServerMessage) -> Vec<String> {
             vec![format!("{} * {from} is now known as {to}", clock(ts))]
         }
         ServerMessage::Users { users } => {
+            let users = users.names();
             vec![format!("online ({}): {}", users.len(), users.join(", "))]
         }
         ServerMessage::Error { code, message } => vec![format!("error ({code}): {message}")],
@@ -220,7 +222,7 @@ mod tests {
             ),
             (
                 ServerMessage::Users {
-                    users: vec!["Bob".into(), "David".into()],
+                    users: ["Bob", "David"].into_iter().collect(),
                 },
                 "online (2): Bob, David",
             ),
@@ -234,7 +236,7 @@ mod tests {
         }
         let welcome = ServerMessage::Welcome {
             name: "Eve".into(),
-            users: vec!["Dave".into(), "Eve".into()],
+            users: ["Dave", "Eve"].into_iter().collect(),
             history: vec![said],
             server: crate::protocol::SERVER_ID.into(),
         };

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::de::{self, IgnoredAny};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
 
 /// What the server calls itself in `welcome`; clients may show it.
 pub const SERVER_ID: &str = concat!("mioserver/", env!("CARGO_PKG_VERSION"));
@@ -255,6 +256,96 @@ pub struct ChatMessage {
     pub text: String,
 }
 
+/// The names of the joined users, as the JSON array that goes on the wire.
+///
+/// The server keeps the array serialized and appends to it as users join
+/// (see `Room`), so a `welcome` during a join storm copies one string
+/// instead of cloning and escaping every name: the difference between
+/// O(N) allocations per join and one `memcpy`. Clients read it with
+/// [`names`](Self::names).
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct UserList(Arc<RawValue>);
+
+/// Read as a plain list of strings: serde cannot hand a `RawValue` the
+/// buffered fields of an internally tagged enum such as [`ServerMessage`].
+impl<'de> Deserialize<'de> for UserList {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(Vec::<String>::deserialize(deserializer)?
+            .into_iter()
+            .collect())
+    }
+}
+
+impl UserList {
+    /// A list from a JSON array of strings, trusted to be one (the room
+    /// builds it with `serde_json`).
+    pub fn from_json(array: String) -> Self {
+        let raw = RawValue::from_string(array).expect("the room builds valid JSON");
+        UserList(Arc::from(raw))
+    }
+
+    /// The names, in no promised order.
+    pub fn names(&self) -> Vec<String> {
+        serde_json::from_str(self.0.get()).unwrap_or_default()
+    }
+}
+
+impl<S: AsRef<str>> FromIterator<S> for UserList {
+    fn from_iter<I: IntoIterator<Item = S>>(names: I) -> Self {
+        let mut array = UserArray::default();
+        for name in names {
+            array.push(name.as_ref());
+        }
+        array.to_list()
+    }
+}
+
+/// A JSON array of names that grows by appending: the room's cache behind
+/// each [`UserList`] it hands out.
+#[derive(Debug, Clone)]
+pub struct UserArray {
+    /// Always a complete array: `[]`, `["a"]`, `["a","b"]`.
+    json: String,
+}
+
+impl Default for UserArray {
+    fn default() -> Self {
+        UserArray { json: "[]".into() }
+    }
+}
+
+impl UserArray {
+    /// Appends a name.
+    pub fn push(&mut self, name: &str) {
+        self.json.pop();
+        if self.json.len() > 1 {
+            self.json.push(',');
+        }
+        let quoted = serde_json::to_string(name).expect("a string always serializes");
+        self.json.push_str(&quoted);
+        self.json.push(']');
+    }
+
+    /// The array as it is now.
+    pub fn to_list(&self) -> UserList {
+        UserList::from_json(self.json.clone())
+    }
+}
+
+/// Equal when they list the same names, in any order: the protocol promises
+/// no order.
+impl PartialEq for UserList {
+    fn eq(&self, other: &Self) -> bool {
+        let (mut mine, mut theirs) = (self.names(), other.names());
+        mine.sort();
+        theirs.sort();
+        mine == theirs
+    }
+}
+
+impl Eq for UserList {}
+
 /// A message from the server to a client.
 ///
 /// History entries are shared (`Arc`) so that a `welcome` costs one pointer
@@ -265,7 +356,7 @@ pub enum ServerMessage {
     /// The answer to a good `join`.
     Welcome {
         name: String,
-        users: Vec<String>,
+        users: UserList,
         /// `message` events, each with its `"type":"message"`.
         #[serde(serialize_with = "serialize_history")]
         history: Vec<Arc<ChatMessage>>,
@@ -300,7 +391,7 @@ pub enum ServerMessage {
         ts: Timestamp,
     },
     /// The answer to `who`.
-    Users { users: Vec<String> },
+    Users { users: UserList },
     /// A refused request.
     Error { code: ErrorCode, message: String },
 }
@@ -561,7 +652,7 @@ mod tests {
     fn welcome_history_holds_message_events_and_reads_back() {
         let welcome = ServerMessage::Welcome {
             name: "Dave".into(),
-            users: vec!["Dave".into()],
+            users: ["Dave"].into_iter().collect(),
             history: vec![Arc::new(ChatMessage {
                 id: 42,
                 ts: example_ts(),

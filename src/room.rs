@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crate::protocol::{
     self, name_key, validate_name, ChatMessage, ErrorCode, Request, ServerMessage, Timestamp,
+    UserArray, UserList,
 };
 
 /// The connection's key, chosen by the server; the room never interprets it.
@@ -87,6 +88,10 @@ pub struct Room {
     /// The id the next `message` or `dm` gets. It starts at 1, so that
     /// `since: 0` asks for everything kept.
     next_id: u64,
+    /// The `users` of the next `welcome` or `who`, kept serialized: a join
+    /// appends to it; a leave or a rename drops it, to be rebuilt when next
+    /// asked for. `None` when dropped.
+    users: Option<UserArray>,
 }
 
 impl Room {
@@ -98,6 +103,7 @@ impl Room {
             by_key: HashMap::new(),
             history: VecDeque::new(),
             next_id: 1,
+            users: None,
         }
     }
 
@@ -126,7 +132,7 @@ impl Room {
                 out.push(Delivery {
                     to: Audience::One(user),
                     message: ServerMessage::Users {
-                        users: self.user_names(),
+                        users: self.user_list(),
                     },
                 });
                 Ok(())
@@ -143,6 +149,7 @@ impl Room {
 
     /// `user`'s connection is gone. If it had joined: remove it and announce `left` to everyone remaining. Otherwise nothing.
     pub fn leave(&mut self, user: UserId, now: Timestamp, out: &mut Vec<Delivery>) {
+        self.users = None;
         let Some(name) = self.names.remove(&user) else {
             return;
         };
@@ -183,8 +190,15 @@ impl Room {
     }
 
     /// The names of all joined users, for `welcome` and `users`.
-    fn user_names(&self) -> Vec<String> {
-        self.names.values().cloned().collect()
+    fn user_list(&mut self) -> UserList {
+        let names = &self.names;
+        self.users
+            .get_or_insert_with(|| {
+                let mut array = UserArray::default();
+                names.values().for_each(|name| array.push(name));
+                array
+            })
+            .to_list()
     }
 
     /// A `join`: on success, `welcome` to the newcomer and `joined` to the
@@ -206,6 +220,9 @@ impl Room {
         let key = self.available_key(user, &name)?;
         self.by_key.insert(key, user);
         self.names.insert(user, name.clone());
+        if let Some(users) = &mut self.users {
+            users.push(&name);
+        }
         // History is in id order, so the messages a resuming client already
         // has are a prefix; an old `since` skips nothing.
         let skip = since.map_or(0, |since| {
@@ -215,7 +232,7 @@ impl Room {
             to: Audience::One(user),
             message: ServerMessage::Welcome {
                 name: name.clone(),
-                users: self.user_names(),
+                users: self.user_list(),
                 history: self.history.range(skip..).cloned().collect(),
                 server: protocol::SERVER_ID.to_owned(),
             },
@@ -306,6 +323,7 @@ impl Room {
             self.by_key.remove(&name_key(&from));
             self.by_key.insert(key, user);
             self.names.insert(user, name.clone());
+            self.users = None;
             Audience::Everyone
         };
         out.push(Delivery {
@@ -378,18 +396,11 @@ mod tests {
         Timestamp(DateTime::from_timestamp(seconds, 0).expect("a valid instant"))
     }
 
-    /// Runs one request and returns what it produced, with every list of
-    /// users sorted, since the protocol promises them in no order.
+    /// Runs one request and returns what it produced. (Lists of users
+    /// compare equal in any order, as the protocol promises no order.)
     fn run(room: &mut Room, user: UserId, request: Request, now: Timestamp) -> Vec<Delivery> {
         let mut out = Vec::new();
         room.handle(user, request, now, &mut out);
-        for delivery in &mut out {
-            if let ServerMessage::Welcome { users, .. } | ServerMessage::Users { users } =
-                &mut delivery.message
-            {
-                users.sort();
-            }
-        }
         out
     }
 
@@ -502,7 +513,7 @@ mod tests {
                     to: One(ALICE),
                     message: ServerMessage::Welcome {
                         name: "Alice".into(),
-                        users: vec!["Alice".into()],
+                        users: ["Alice"].into_iter().collect(),
                         history: vec![],
                         server: protocol::SERVER_ID.into(),
                     },
@@ -524,7 +535,7 @@ mod tests {
                     to: One(BOB),
                     message: ServerMessage::Welcome {
                         name: "Bob".into(),
-                        users: vec!["Alice".into(), "Bob".into()],
+                        users: ["Alice", "Bob"].into_iter().collect(),
                         history: vec![],
                         server: protocol::SERVER_ID.into(),
                     },
@@ -802,10 +813,33 @@ mod tests {
             [Delivery {
                 to: One(BOB),
                 message: ServerMessage::Users {
-                    users: vec!["Alice".into(), "Bob".into()],
+                    users: ["Alice", "Bob"].into_iter().collect(),
                 },
             }]
         );
+    }
+
+    #[test]
+    fn the_list_of_users_follows_joins_leaves_and_renames() {
+        let mut room = room_with(RoomConfig::default(), &[(ALICE, "Alice"), (BOB, "Bob")]);
+        let who = |room: &mut Room| match &run(room, BOB, Request::Who, at(1))[0].message {
+            ServerMessage::Users { users } => {
+                let mut names = users.names();
+                names.sort();
+                names
+            }
+            other => panic!("not a users list: {other:?}"),
+        };
+        assert_eq!(who(&mut room), ["Alice", "Bob"]);
+        // A join appends to the kept list.
+        run(&mut room, CAROL, join("Carol"), at(2));
+        assert_eq!(who(&mut room), ["Alice", "Bob", "Carol"]);
+        // A leave and a rename rebuild it.
+        room.leave(ALICE, at(3), &mut Vec::new());
+        assert_eq!(who(&mut room), ["Bob", "Carol"]);
+        run(&mut room, CAROL, nick("Caro"), at(4));
+        run(&mut room, DAVE, join("Dave"), at(5));
+        assert_eq!(who(&mut room), ["Bob", "Caro", "Dave"]);
     }
 
     #[test]

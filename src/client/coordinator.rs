@@ -322,7 +322,7 @@ impl Coordinator {
                 self.joined = true;
                 self.welcomed_before = true;
                 self.name = Some(name);
-                self.roster.set(&users);
+                self.roster.set(&users.names());
                 if let Some(last) = history.last() {
                     self.last_id = Some(last.id);
                 }
@@ -349,7 +349,7 @@ impl Coordinator {
                 }
             }
             ServerMessage::Users { users } => {
-                self.roster.set(&users);
+                self.roster.set(&users.names());
                 self.answered();
             }
             ServerMessage::Error { .. } => {

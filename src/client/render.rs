@@ -62,7 +62,7 @@ where
                         me,
                     );
                 }
-                let online = self.online(users);
+                let online = self.online(&users.names());
                 lines.push(self.paint(FAINT, &format!("--- {online} ---")));
             }
             ServerMessage::Message(message) => {
@@ -90,7 +90,7 @@ where
                 let (from, to) = (self.name(from, me), self.name(to, me));
                 lines.push(self.notice(&format!("{from} is now {to}")));
             }
-            ServerMessage::Users { users } => lines.push(self.notice(&self.online(users))),
+            ServerMessage::Users { users } => lines.push(self.notice(&self.online(&users.names()))),
             ServerMessage::Error { code, message } => {
                 lines.push(self.alert(&format!("{code}: {}", clean(message))));
             }
@@ -269,7 +269,7 @@ mod tests {
             ),
             (
                 ServerMessage::Users {
-                    users: vec!["bob".into(), "Alice".into(), "Carol".into()],
+                    users: ["bob", "Alice", "Carol"].into_iter().collect(),
                 },
                 "* 3 online: Alice, bob, Carol",
             ),
@@ -287,7 +287,7 @@ mod tests {
     fn welcome_shows_history_then_who_is_online() {
         let welcome = ServerMessage::Welcome {
             name: "Dave".into(),
-            users: vec!["Dave".into(), "Alice".into()],
+            users: ["Dave", "Alice"].into_iter().collect(),
             history: vec![said(1, "Alice", "hi"), said(2, "Dave", "hey")],
             server: "mioserver/0.1.0".into(),
         };
