@@ -33,6 +33,7 @@ use tungstenite::protocol::frame::coding::{CloseCode, Data};
 
 use crate::config::ServerConfig;
 use crate::connection::{encode_frame, Connection, Input, SharedFrame, CLOSE_LINGER};
+use crate::inbound::ReadBuffer;
 use crate::timers::Timers;
 
 /// Identifies a connection to the service: its slab key. Valid until the
@@ -196,6 +197,9 @@ pub struct Server<S> {
     backlog: Vec<usize>,
     /// Connections to settle at the end of this turn.
     touched: Vec<usize>,
+    /// Where every connection's input is read and parsed, one at a time, so
+    /// that an idle connection holds no read buffer of its own.
+    read_buffer: ReadBuffer,
 }
 
 impl<S: Service> Server<S> {
@@ -225,6 +229,7 @@ impl<S: Service> Server<S> {
             spare_fd: File::open("/dev/null").ok(),
             backlog: Vec::new(),
             touched: Vec::new(),
+            read_buffer: ReadBuffer::default(),
         })
     }
 
@@ -392,12 +397,26 @@ impl<S: Service> Server<S> {
 
     /// Reads from one connection until it would block or its budget is spent.
     fn read(&mut self, key: usize, now: Instant) {
+        let drained = self.read_some(key, now);
+        if let Some(conn) = self.conns.get_mut(key) {
+            // Whatever stopped the reading, what is left of this
+            // connection's input must leave the shared buffer.
+            conn.save_leftover(&mut self.read_buffer);
+            if !drained {
+                self.backlog.push(key);
+            }
+        }
+    }
+
+    /// Reads up to the budget; returns whether the connection has nothing
+    /// more to read for now.
+    fn read_some(&mut self, key: usize, now: Instant) -> bool {
         for _ in 0..READ_BUDGET {
             let Some(conn) = self.conns.get_mut(key) else {
-                return;
+                return true;
             };
             touch(&mut self.touched, key, conn);
-            let input = conn.poll_input(now, &self.config);
+            let input = conn.poll_input(now, &self.config, &mut self.read_buffer);
             let peer = conn.peer;
             let mut out = Outbox {
                 conns: &mut self.conns,
@@ -406,18 +425,18 @@ impl<S: Service> Server<S> {
                 max_outbound: self.config.max_outbound_bytes,
             };
             match input {
-                Input::Drained | Input::Finished => return,
+                Input::Drained | Input::Finished => return true,
                 Input::Control => {}
                 Input::Opened => self.service.opened(key, peer, &mut out),
-                Input::Text(text) => self.service.text(key, &text, &mut out),
-                Input::Binary(data) => self.service.binary(key, &data, &mut out),
+                Input::Text(text) => self.service.text(key, text, &mut out),
+                Input::Binary(data) => self.service.binary(key, data, &mut out),
                 Input::HttpGet(path) => {
                     let response = self.service.http_get(&path);
                     self.conns[key].respond(&response, now);
                 }
             }
         }
-        self.backlog.push(key);
+        false
     }
 
     /// Handles every deadline that has come due.
