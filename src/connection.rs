@@ -634,6 +634,56 @@ mod tests {
     }
 
     #[test]
+    fn input_past_the_budget_waits_in_its_connection_while_others_read() {
+        let now = Instant::now();
+        let mut buffer = ReadBuffer::default();
+        let mut alice = open_connection(now);
+        let mut bob = open_connection(now);
+        bob.serial = 2;
+        alice.socket.input.push_back(
+            [
+                client_frame(0x1, b"one"),
+                client_frame(0x1, b"two"),
+                client_frame(0x1, &[b'3'; 100])[..50].to_vec(),
+            ]
+            .concat(),
+        );
+        bob.socket.input.push_back(client_frame(0x1, b"bob"));
+        let Input::Text(text) = alice.poll_input(now, &config(), &mut buffer) else {
+            panic!("a text");
+        };
+        assert_eq!(text, "one");
+        // The loop stops reading Alice here, as when her budget is spent.
+        alice.save_leftover(&mut buffer);
+        let Input::Text(text) = bob.poll_input(now, &config(), &mut buffer) else {
+            panic!("a text");
+        };
+        assert_eq!(text, "bob");
+        assert!(matches!(
+            bob.poll_input(now, &config(), &mut buffer),
+            Input::Drained
+        ));
+        bob.save_leftover(&mut buffer);
+        let Input::Text(text) = alice.poll_input(now, &config(), &mut buffer) else {
+            panic!("a text");
+        };
+        assert_eq!(text, "two");
+        assert!(matches!(
+            alice.poll_input(now, &config(), &mut buffer),
+            Input::Drained
+        ));
+        alice.save_leftover(&mut buffer);
+        alice
+            .socket
+            .input
+            .push_back(client_frame(0x1, &[b'3'; 100])[50..].to_vec());
+        let Input::Text(text) = alice.poll_input(now, &config(), &mut buffer) else {
+            panic!("a text");
+        };
+        assert_eq!(text, "3".repeat(100));
+    }
+
+    #[test]
     fn output_survives_partial_writes_and_would_block() {
         let now = Instant::now();
         let mut conn = open_connection(now);

@@ -468,3 +468,374 @@ fn unmask(payload: &mut [u8], mask: [u8; 4], offset: usize) {
         *byte ^= mask[i % 4];
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{client_frame, FakeSocket};
+
+    const TEXT: u8 = 0x1;
+    const BINARY: u8 = 0x2;
+    const CONTINUATION: u8 = 0x0;
+    const CLOSE: u8 = 0x8;
+    const PING: u8 = 0x9;
+    const PONG: u8 = 0xA;
+
+    /// What the application would see, owned so that tests can compare it.
+    #[derive(Debug, PartialEq)]
+    enum Got {
+        Text(String),
+        Binary(Vec<u8>),
+        Ping(Vec<u8>),
+        Pong,
+        Close(Option<u16>),
+        /// The connection is closed with this code; nothing follows.
+        Violation(u16),
+    }
+
+    /// A frame that does not end its message.
+    fn fragment(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut frame = client_frame(opcode, payload);
+        frame[0] &= 0x7f;
+        frame
+    }
+
+    /// The close frame payload for `code`.
+    fn close(code: u16, reason: &[u8]) -> Vec<u8> {
+        let mut payload = code.to_be_bytes().to_vec();
+        payload.extend_from_slice(reason);
+        client_frame(CLOSE, &payload)
+    }
+
+    /// Takes the next thing from `inbound`, reading `socket` as needed;
+    /// `None` when the socket would block first.
+    fn take(
+        inbound: &mut Inbound,
+        buffer: &mut ReadBuffer,
+        socket: &mut FakeSocket,
+        max: usize,
+    ) -> Option<Got> {
+        loop {
+            let next = match inbound.next(buffer, max) {
+                Ok(next) => next,
+                Err(violation) => return Some(Got::Violation(violation.code.into())),
+            };
+            let got = match next {
+                Next::More => {
+                    buffer.read_from(socket).ok()?;
+                    continue;
+                }
+                Next::Fragment => continue,
+                Next::Message { text: true, at } => {
+                    match std::str::from_utf8(buffer.payload(&at)) {
+                        Ok(text) => Got::Text(text.to_owned()),
+                        Err(_) => Got::Violation(1007),
+                    }
+                }
+                Next::Message { text: false, at } => Got::Binary(buffer.payload(&at).to_vec()),
+                Next::Ping(payload) => {
+                    Got::Ping(buffer.payload(&Payload::InPlace(payload)).to_vec())
+                }
+                Next::Pong => Got::Pong,
+                Next::Close(code) => Got::Close(code.map(u16::from)),
+            };
+            return Some(got);
+        }
+    }
+
+    /// Everything `chunks` (one read each) bring, up to the first violation.
+    fn receive(chunks: Vec<Vec<u8>>, max: usize) -> Vec<Got> {
+        let mut socket = FakeSocket {
+            input: chunks.into(),
+            ..FakeSocket::default()
+        };
+        let mut buffer = ReadBuffer::default();
+        let mut inbound = Inbound::default();
+        inbound.resume(&mut buffer, 1);
+        let mut got = Vec::new();
+        while let Some(next) = take(&mut inbound, &mut buffer, &mut socket, max) {
+            let violation = matches!(next, Got::Violation(_));
+            got.push(next);
+            if violation {
+                break;
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn the_rules_of_rfc_6455() {
+        let unmasked = {
+            let mut frame = Vec::new();
+            crate::bench::frame::encode(&mut frame, TEXT, b"hi", None);
+            frame
+        };
+        let with_bit = |bit: u8| {
+            let mut frame = client_frame(TEXT, b"hi");
+            frame[0] |= bit;
+            frame
+        };
+        let cases: Vec<(&str, Vec<u8>, Got)> = vec![
+            ("unmasked", unmasked, Got::Violation(1002)),
+            ("RSV1", with_bit(0x40), Got::Violation(1002)),
+            ("RSV2", with_bit(0x20), Got::Violation(1002)),
+            ("RSV3", with_bit(0x10), Got::Violation(1002)),
+            (
+                "data opcode 3",
+                client_frame(0x3, b""),
+                Got::Violation(1002),
+            ),
+            (
+                "control opcode B",
+                client_frame(0xB, b""),
+                Got::Violation(1002),
+            ),
+            ("fragmented ping", fragment(PING, b""), Got::Violation(1002)),
+            (
+                "ping of 126",
+                client_frame(PING, &[0; 126]),
+                Got::Violation(1002),
+            ),
+            (
+                "ping of 125",
+                client_frame(PING, &[7; 125]),
+                Got::Ping(vec![7; 125]),
+            ),
+            ("pong", client_frame(PONG, b"x"), Got::Pong),
+            (
+                "lone continuation",
+                client_frame(CONTINUATION, b"x"),
+                Got::Violation(1002),
+            ),
+            (
+                "text in a text",
+                [fragment(TEXT, b"a"), client_frame(TEXT, b"b")].concat(),
+                Got::Violation(1002),
+            ),
+            (
+                "binary",
+                client_frame(BINARY, &[0, 255]),
+                Got::Binary(vec![0, 255]),
+            ),
+            (
+                "bad UTF-8",
+                client_frame(TEXT, b"\xff"),
+                Got::Violation(1007),
+            ),
+            ("empty close", client_frame(CLOSE, b""), Got::Close(None)),
+            (
+                "close of one byte",
+                client_frame(CLOSE, b"\x03"),
+                Got::Violation(1002),
+            ),
+            ("close 1000", close(1000, b"bye"), Got::Close(Some(1000))),
+            ("close 3000", close(3000, b""), Got::Close(Some(3000))),
+            ("close 4999", close(4999, b""), Got::Close(Some(4999))),
+            ("close 999", close(999, b""), Got::Violation(1002)),
+            ("close 1004", close(1004, b""), Got::Violation(1002)),
+            ("close 1005", close(1005, b""), Got::Violation(1002)),
+            ("close 1006", close(1006, b""), Got::Violation(1002)),
+            ("close 1015", close(1015, b""), Got::Violation(1002)),
+            ("close 2000", close(2000, b""), Got::Violation(1002)),
+            ("close 5000", close(5000, b""), Got::Violation(1002)),
+            (
+                "close reason not UTF-8",
+                close(1000, b"\xff"),
+                Got::Violation(1007),
+            ),
+            (
+                "over the limit",
+                client_frame(BINARY, &[0; 101]),
+                Got::Violation(1009),
+            ),
+            (
+                "fragments over the limit",
+                [
+                    fragment(TEXT, &[b'a'; 60]),
+                    client_frame(CONTINUATION, &[b'a'; 41]),
+                ]
+                .concat(),
+                Got::Violation(1009),
+            ),
+        ];
+        for (name, bytes, expected) in cases {
+            let got = receive(vec![bytes], 100);
+            assert_eq!(got.last(), Some(&expected), "{name}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn bad_utf8_fails_at_the_fragment_that_has_it() {
+        // "é" is C3 A9: split across fragments it is fine...
+        let split = [
+            fragment(TEXT, b"caf\xc3"),
+            client_frame(CONTINUATION, b"\xa9"),
+        ];
+        assert_eq!(receive(split.to_vec(), 100), [Got::Text("café".into())]);
+        // ...but a wrong second byte fails before the message ends.
+        let bad = [fragment(TEXT, b"caf\xc3"), fragment(CONTINUATION, b"\x28")];
+        assert_eq!(receive(bad.to_vec(), 100), [Got::Violation(1007)]);
+        // A message may not end in the middle of a character.
+        let cut = [fragment(TEXT, b"caf"), client_frame(CONTINUATION, b"\xc3")];
+        assert_eq!(receive(cut.to_vec(), 100), [Got::Violation(1007)]);
+    }
+
+    #[test]
+    fn the_size_limit_is_judged_from_the_header() {
+        // Only the header of a 1001-byte frame: the limit is 1000.
+        let frame = client_frame(TEXT, &[b'a'; 1001]);
+        assert_eq!(
+            receive(vec![frame[..8].to_vec()], 1000),
+            [Got::Violation(1009)]
+        );
+        // A length of 2^63.
+        let huge = vec![0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4];
+        assert_eq!(receive(vec![huge], 1000), [Got::Violation(1009)]);
+    }
+
+    #[test]
+    fn frames_split_at_every_byte_arrive_the_same() {
+        let stream = [
+            client_frame(TEXT, "héllo".as_bytes()),
+            client_frame(PING, b"are you there"),
+            fragment(TEXT, b"ab"),
+            client_frame(PONG, b""),
+            fragment(CONTINUATION, b""),
+            client_frame(CONTINUATION, "cdé".as_bytes()),
+            client_frame(BINARY, &[0; 300]),
+            close(1000, b""),
+        ]
+        .concat();
+        let expected = [
+            Got::Text("héllo".into()),
+            Got::Ping(b"are you there".to_vec()),
+            Got::Pong,
+            Got::Text("abcdé".into()),
+            Got::Binary(vec![0; 300]),
+            Got::Close(Some(1000)),
+        ];
+        for split in 0..=stream.len() {
+            let chunks = vec![stream[..split].to_vec(), stream[split..].to_vec()];
+            assert_eq!(receive(chunks, 1000), expected, "split at {split}");
+        }
+        let bytes = stream.iter().map(|&byte| vec![byte]).collect();
+        assert_eq!(receive(bytes, 1000), expected, "one byte at a time");
+    }
+
+    #[test]
+    fn messages_larger_than_the_shared_buffer_arrive_whole() {
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let text = "ü".repeat(60_000);
+        let stream = [
+            client_frame(BINARY, &big),
+            // 120 KB of text in two fragments, split in a character.
+            fragment(TEXT, &text.as_bytes()[..70_001]),
+            client_frame(CONTINUATION, &text.as_bytes()[70_001..]),
+            client_frame(TEXT, b"after"),
+        ]
+        .concat();
+        // Reads of 1000 bytes, and reads as large as the buffer.
+        for size in [1000, READ_BUFFER_BYTES] {
+            let chunks = stream.chunks(size).map(<[u8]>::to_vec).collect();
+            let got = receive(chunks, 300_000);
+            assert_eq!(
+                got,
+                [
+                    Got::Binary(big.clone()),
+                    Got::Text(text.clone()),
+                    Got::Text("after".into())
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn a_large_text_frame_fails_at_its_first_bad_byte() {
+        let mut payload = vec![b'a'; 200_000];
+        payload[10] = 0xff;
+        let frame = client_frame(TEXT, &payload);
+        // Only the first 70 KB arrive: enough to know.
+        assert_eq!(
+            receive(vec![frame[..70_000].to_vec()], 300_000),
+            [Got::Violation(1007)]
+        );
+    }
+
+    #[test]
+    fn leftovers_survive_a_budget_stop() {
+        let mut buffer = ReadBuffer::default();
+        let mut alice = Inbound::default();
+        let mut alice_socket = FakeSocket {
+            // Three messages and the start of a fourth in one read.
+            input: vec![[
+                client_frame(TEXT, b"one"),
+                client_frame(TEXT, b"two"),
+                client_frame(TEXT, b"three"),
+                client_frame(TEXT, b"four")[..5].to_vec(),
+            ]
+            .concat()]
+            .into(),
+            ..FakeSocket::default()
+        };
+        alice.resume(&mut buffer, 1);
+        let first = take(&mut alice, &mut buffer, &mut alice_socket, 100);
+        assert_eq!(first, Some(Got::Text("one".into())));
+        // Alice's budget is spent: her rest leaves the buffer for Bob.
+        alice.save_leftover(&mut buffer, 1);
+        let mut bob = Inbound::default();
+        let mut bob_socket = FakeSocket {
+            input: vec![client_frame(TEXT, b"bob")].into(),
+            ..FakeSocket::default()
+        };
+        bob.resume(&mut buffer, 2);
+        let bobs = take(&mut bob, &mut buffer, &mut bob_socket, 100);
+        assert_eq!(bobs, Some(Got::Text("bob".into())));
+        assert_eq!(take(&mut bob, &mut buffer, &mut bob_socket, 100), None);
+        bob.save_leftover(&mut buffer, 2);
+        assert!(bob.leftover.is_empty());
+        // Alice's next turn takes up where she left off.
+        alice.resume(&mut buffer, 1);
+        alice_socket
+            .input
+            .push_back(client_frame(TEXT, b"four")[5..].to_vec());
+        let rest: Vec<_> =
+            std::iter::from_fn(|| take(&mut alice, &mut buffer, &mut alice_socket, 100)).collect();
+        assert_eq!(
+            rest,
+            [
+                Got::Text("two".into()),
+                Got::Text("three".into()),
+                Got::Text("four".into())
+            ]
+        );
+        alice.save_leftover(&mut buffer, 1);
+        // An idle connection holds at most a small allocation.
+        assert!(alice.leftover.is_empty());
+        assert!(alice.leftover.capacity() <= KEPT_LEFTOVER_CAPACITY);
+    }
+
+    #[test]
+    #[should_panic(expected = "another connection's bytes")]
+    fn a_buffer_holding_another_connections_bytes_is_never_parsed() {
+        let mut buffer = ReadBuffer::default();
+        let mut alice = Inbound::default();
+        alice.resume(&mut buffer, 1);
+        Inbound::default().resume(&mut buffer, 2);
+    }
+
+    #[test]
+    fn unmasking_eight_bytes_at_a_time_matches_one_at_a_time() {
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        let plain: Vec<u8> = (0..37).collect();
+        for offset in 0..8 {
+            let mut fast = plain.clone();
+            unmask(&mut fast, mask, offset);
+            let slow: Vec<u8> = plain
+                .iter()
+                .enumerate()
+                .map(|(i, byte)| byte ^ mask[(offset + i) % 4])
+                .collect();
+            assert_eq!(fast, slow, "offset {offset}");
+        }
+    }
+}
