@@ -183,7 +183,7 @@ impl<S: Socket> Connection<S> {
     ) -> Input<'b> {
         match self.phase {
             Phase::Handshake { .. } => {
-                let input = self.read_head(now, config);
+                let input = self.read_head(now, config, buffer);
                 self.discard_if_closing();
                 input
             }
@@ -215,21 +215,25 @@ impl<S: Socket> Connection<S> {
         }
     }
 
-    fn read_head(&mut self, now: Instant, config: &ServerConfig) -> Input<'static> {
+    fn read_head(
+        &mut self,
+        now: Instant,
+        config: &ServerConfig,
+        buffer: &mut ReadBuffer,
+    ) -> Input<'static> {
         let Phase::Handshake { head } = &mut self.phase else {
             unreachable!("read_head is only called while handshaking");
         };
         loop {
-            let start = head.len();
-            head.resize(start + HEAD_READ_CHUNK, 0);
-            let read = self.socket.read(&mut head[start..]);
-            head.truncate(start + *read.as_ref().unwrap_or(&0));
-            match read {
+            // Read through the shared buffer, so that the head's own memory
+            // is only as large as what the client sent.
+            let chunk = &mut buffer.spare()[..HEAD_READ_CHUNK];
+            match self.socket.read(chunk) {
                 Ok(0) => {
                     self.phase = Phase::Closed;
                     return Input::Finished;
                 }
-                Ok(_) => {}
+                Ok(n) => head.extend_from_slice(&chunk[..n]),
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Input::Drained,
                 Err(_) => {

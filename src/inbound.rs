@@ -89,6 +89,20 @@ impl ReadBuffer {
         Ok(n)
     }
 
+    /// The whole buffer, for input that is not frames (an HTTP request
+    /// head), which the caller copies out before it returns.
+    ///
+    /// # Panics
+    ///
+    /// If a connection's bytes are in the buffer.
+    pub fn spare(&mut self) -> &mut [u8] {
+        assert!(
+            self.owner.is_none(),
+            "the read buffer holds another connection's bytes"
+        );
+        &mut self.bytes
+    }
+
     /// A message's payload, wherever [`Inbound::next`] left it.
     pub fn payload(&self, at: &Payload) -> &[u8] {
         match at {
