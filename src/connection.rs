@@ -290,7 +290,7 @@ impl<S: Socket> Connection<S> {
             let next = match inbound.next(buffer, config.max_message_bytes) {
                 Ok(next) => next,
                 Err(violation) => {
-                    log::debug!("{}: {}", self.peer, violation.reason);
+                    log::debug!("{}: {}", self.peer, violation.detail);
                     return self.fail(violation.code, violation.reason, now);
                 }
             };

@@ -169,15 +169,19 @@ pub enum Next {
 pub struct Violation {
     /// The close code to send.
     pub code: CloseCode,
-    /// The close reason to send.
+    /// The close reason to send, as `docs/protocol.md` lists it.
     pub reason: &'static str,
+    /// Which rule was broken, for the debug log.
+    pub detail: &'static str,
 }
 
-/// A violation of RFC 6455 (1002).
-fn protocol_error(reason: &'static str) -> Violation {
+/// A violation of RFC 6455 (1002); every one has the same reason on the
+/// wire, and `detail` in the log.
+fn protocol_error(detail: &'static str) -> Violation {
     Violation {
         code: CloseCode::Protocol,
-        reason,
+        reason: "protocol error",
+        detail,
     }
 }
 
@@ -185,12 +189,14 @@ fn protocol_error(reason: &'static str) -> Violation {
 pub const INVALID_UTF8: Violation = Violation {
     code: CloseCode::Invalid,
     reason: "invalid UTF-8",
+    detail: "invalid UTF-8",
 };
 
 /// A frame or message over `--max-message-bytes` (1009).
 const TOO_BIG: Violation = Violation {
     code: CloseCode::Size,
     reason: "message too big",
+    detail: "frame or message over --max-message-bytes",
 };
 
 /// One connection's side of the message layer: what it keeps between reads.
