@@ -19,11 +19,12 @@ use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
 use tungstenite::protocol::frame::coding::{CloseCode, Data};
-use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext};
-use tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
+use tungstenite::protocol::frame::{CloseFrame, Frame};
+use tungstenite::Bytes;
 
 use crate::config::ServerConfig;
 use crate::http::{self, Head};
+use crate::inbound::{Inbound, Next, Payload, ReadBuffer, INVALID_UTF8};
 use crate::outqueue::{FrameRef, OutQueue};
 
 /// How long a closing connection may take to send its last bytes and see
@@ -31,11 +32,6 @@ use crate::outqueue::{FrameRef, OutQueue};
 /// close frame cross a slow mobile link; longer would only keep dead peers'
 /// descriptors.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
-
-/// tungstenite's read buffer. Its default (128 KiB, allocated eagerly) would
-/// cost 128 KiB per idle client; chat frames are small, and a larger message
-/// still arrives whole because the buffer grows for it.
-const READ_BUFFER_BYTES: usize = 8 * 1024;
 
 /// Bytes a closing connection reads and throws away per turn, so a peer
 /// that keeps sending cannot hold the loop. 256 KiB covers a full socket
@@ -58,43 +54,14 @@ impl Socket for mio::net::TcpStream {
     }
 }
 
-/// The socket as tungstenite sees it: reads come from the network, writes
-/// go to our queue (so tungstenite never sees `WouldBlock` on write and its
-/// automatic pongs and close replies keep their place in the output order).
-struct Io<'a, S> {
-    socket: &'a mut S,
-    out: &'a mut OutQueue,
-    /// Whether any bytes came in: the peer is alive.
-    heard: bool,
-}
-
-impl<S: Read> Read for Io<'_, S> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.socket.read(buf)?;
-        self.heard |= n > 0;
-        Ok(n)
-    }
-}
-
-impl<S> Write for Io<'_, S> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.out.push_bytes(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Where a connection is in its life.
 #[derive(Debug)]
 pub enum Phase {
     /// Reading the HTTP request head; holds the bytes so far.
     Handshake { head: Vec<u8> },
-    /// The WebSocket is open. tungstenite's context parses frames and keeps
-    /// the close state; the socket stays ours.
-    Open { ws: Box<WebSocketContext> },
+    /// The WebSocket is open; holds what the message layer keeps between
+    /// reads (nothing, for an idle connection).
+    Open { inbound: Inbound },
     /// Our last bytes (an HTTP response or a close frame) are being flushed.
     /// Input is read and thrown away until the peer hangs up, so the kernel
     /// never answers unread input with a reset that would destroy them.
@@ -120,19 +87,20 @@ impl Phase {
     }
 }
 
-/// What reading from a connection produced.
+/// What reading from a connection produced. A message borrows the loop's
+/// [`ReadBuffer`]: it is valid until the next read.
 #[derive(Debug)]
-pub enum Input {
+pub enum Input<'a> {
     /// The WebSocket upgrade completed: the application may greet the client.
     Opened,
     /// A plain `GET` for this path: the caller must answer it with
     /// [`Connection::respond`], which closes the connection after the answer.
     HttpGet(String),
     /// A complete text message.
-    Text(Utf8Bytes),
+    Text(&'a str),
     /// A complete binary message.
-    Binary(Bytes),
-    /// A ping or pong (answered already), or nothing usable yet: nothing
+    Binary(&'a [u8]),
+    /// A ping or pong (answered already), or a fragment: nothing
     /// for the application, but it counts against the turn's read budget.
     /// Read again.
     Control,
@@ -200,41 +168,72 @@ impl<S: Socket> Connection<S> {
         }
     }
 
-    /// Reads until one thing happens (see [`Input`]). Call it again until it
-    /// returns [`Input::Drained`] or [`Input::Finished`]: with edge-triggered
-    /// readiness, no new event comes while unread data is waiting.
-    pub fn poll_input(&mut self, now: Instant, config: &ServerConfig) -> Input {
-        let input = match self.phase {
-            Phase::Handshake { .. } => self.read_head(now, config),
-            Phase::Open { .. } => self.read_frames(now, config),
-            Phase::Closing { .. } => return self.discard_input(),
-            Phase::Closed => return Input::Finished,
-        };
-        if matches!(self.phase, Phase::Closing { .. }) {
-            // We just started closing (an error, or the peer's close). What
-            // else the peer sent is of no use, but left unread it would turn
-            // our final FIN into a reset that can destroy the close frame.
-            // No readiness event may come for it, so read it away now.
-            self.discard_input();
+    /// Reads until one thing happens (see [`Input`]), through the loop's
+    /// shared `buffer`. Call it again until it returns [`Input::Drained`] or
+    /// [`Input::Finished`]: with edge-triggered readiness, no new event comes
+    /// while unread data is waiting. Whenever the caller stops reading this
+    /// connection, for whatever reason, it must call
+    /// [`save_leftover`](Self::save_leftover) before the buffer serves
+    /// another connection.
+    pub fn poll_input<'b>(
+        &mut self,
+        now: Instant,
+        config: &ServerConfig,
+        buffer: &'b mut ReadBuffer,
+    ) -> Input<'b> {
+        match self.phase {
+            Phase::Handshake { .. } => {
+                let input = self.read_head(now, config, buffer);
+                self.discard_if_closing();
+                input
+            }
+            Phase::Open { .. } => self.read_frames(now, config, buffer),
+            Phase::Closing { .. } => self.discard_input(),
+            Phase::Closed => Input::Finished,
         }
-        input
     }
 
-    fn read_head(&mut self, now: Instant, config: &ServerConfig) -> Input {
+    /// Keeps what is left in `buffer` of this connection's input (part of a
+    /// frame, or frames beyond the read budget) for its next turn, and frees
+    /// the buffer for other connections.
+    pub fn save_leftover(&mut self, buffer: &mut ReadBuffer) {
+        if let Phase::Open { inbound } = &mut self.phase {
+            inbound.save_leftover(buffer, self.serial);
+        } else {
+            // A connection that is no longer open has nothing left to parse.
+            buffer.forget(self.serial);
+        }
+    }
+
+    /// If we just started closing (an error, or the peer's close): what else
+    /// the peer sent is of no use, but left unread it would turn our final
+    /// FIN into a reset that can destroy the close frame. No readiness event
+    /// may come for it, so read it away now.
+    fn discard_if_closing(&mut self) {
+        if matches!(self.phase, Phase::Closing { .. }) {
+            self.discard_input();
+        }
+    }
+
+    fn read_head(
+        &mut self,
+        now: Instant,
+        config: &ServerConfig,
+        buffer: &mut ReadBuffer,
+    ) -> Input<'static> {
         let Phase::Handshake { head } = &mut self.phase else {
             unreachable!("read_head is only called while handshaking");
         };
         loop {
-            let start = head.len();
-            head.resize(start + HEAD_READ_CHUNK, 0);
-            let read = self.socket.read(&mut head[start..]);
-            head.truncate(start + *read.as_ref().unwrap_or(&0));
-            match read {
+            // Read through the shared buffer, so that the head's own memory
+            // is only as large as what the client sent.
+            let chunk = &mut buffer.spare()[..HEAD_READ_CHUNK];
+            match self.socket.read(chunk) {
                 Ok(0) => {
                     self.phase = Phase::Closed;
                     return Input::Finished;
                 }
-                Ok(_) => {}
+                Ok(n) => head.extend_from_slice(&chunk[..n]),
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Input::Drained,
                 Err(_) => {
@@ -245,20 +244,14 @@ impl<S: Socket> Connection<S> {
             match http::parse_head(head) {
                 Ok(None) => continue,
                 Ok(Some((Head::Upgrade { key }, len))) => {
-                    let leftover = head.split_off(len);
+                    // Frames the client sent right behind its request.
+                    let leftover = head[len..].to_vec();
                     // Sealed: a client too slow to read even this is sent
                     // it before its close frame, or the stream is garbage.
                     self.out.push_sealed(&http::upgrade_response(&key));
-                    let ws_config = WebSocketConfig::default()
-                        .read_buffer_size(READ_BUFFER_BYTES)
-                        .max_message_size(Some(config.max_message_bytes))
-                        .max_frame_size(Some(config.max_message_bytes));
-                    let ws = WebSocketContext::from_partially_read(
-                        leftover,
-                        Role::Server,
-                        Some(ws_config),
-                    );
-                    self.phase = Phase::Open { ws: Box::new(ws) };
+                    self.phase = Phase::Open {
+                        inbound: Inbound::with_leftover(leftover),
+                    };
                     self.last_heard = now;
                     self.admit_by = Some(now + config.join_timeout);
                     return Input::Opened;
@@ -275,75 +268,105 @@ impl<S: Socket> Connection<S> {
         }
     }
 
-    fn read_frames(&mut self, now: Instant, config: &ServerConfig) -> Input {
+    fn read_frames<'b>(
+        &mut self,
+        now: Instant,
+        config: &ServerConfig,
+        buffer: &'b mut ReadBuffer,
+    ) -> Input<'b> {
         if self.out.len() > config.max_outbound_bytes {
-            // Only automatic replies grow the queue while we read: a client
-            // that sends pings and never reads its pongs is as stuck as one
-            // that never reads its messages.
+            // Only our own replies (pongs) grow the queue while we read: a
+            // client that sends pings and never reads its pongs is as stuck
+            // as one that never reads its messages.
             self.too_slow(now);
+            self.discard_input();
             return Input::Finished;
         }
-        let Phase::Open { ws } = &mut self.phase else {
+        let Phase::Open { inbound } = &mut self.phase else {
             unreachable!("read_frames is only called while open");
         };
-        let mut io = Io {
-            socket: &mut self.socket,
-            out: &mut self.out,
-            heard: false,
-        };
-        let result = ws.read(&mut io);
-        if let Ok(Message::Close(_)) = result {
-            // Move tungstenite's queued close reply into our queue.
-            let _ = ws.flush(&mut io);
+        inbound.resume(buffer, self.serial);
+        loop {
+            let next = match inbound.next(buffer, config.max_message_bytes) {
+                Ok(next) => next,
+                Err(violation) => {
+                    log::debug!("{}: {}", self.peer, violation.detail);
+                    return self.fail(violation.code, violation.reason, now);
+                }
+            };
+            match next {
+                Next::More => {}
+                Next::Message { text, at } => return self.message(text, buffer.payload(&at), now),
+                Next::Fragment | Next::Pong => return Input::Control,
+                Next::Ping(payload) => {
+                    let pong = Frame::pong(Bytes::copy_from_slice(
+                        buffer.payload(&Payload::InPlace(payload)),
+                    ));
+                    self.push_frame(pong);
+                    return Input::Control;
+                }
+                Next::Close(code) => {
+                    // The reply echoes the code (RFC 6455, section 5.5.1).
+                    let reason = Default::default();
+                    self.push_frame(Frame::close(code.map(|code| CloseFrame { code, reason })));
+                    self.enter_closing(now);
+                    self.discard_input();
+                    return Input::Finished;
+                }
+            }
+            match buffer.read_from(&mut self.socket) {
+                Ok(0) => {
+                    self.set_closed();
+                    return Input::Finished;
+                }
+                Ok(_) => {
+                    // Any bytes prove the peer alive, even the middle of a
+                    // long message: keepalive is about silence, not about
+                    // whole frames.
+                    self.last_heard = now;
+                    self.ping_sent = None;
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Input::Drained,
+                // A reset: nothing more can be read or sent.
+                Err(_) => {
+                    self.set_closed();
+                    return Input::Finished;
+                }
+            }
         }
-        if io.heard {
-            // Any bytes prove the peer alive, even the middle of a long
-            // message: keepalive is about silence, not about whole frames.
-            self.last_heard = now;
-            self.ping_sent = None;
+    }
+
+    /// Hands a complete message to the caller; text becomes a `&str` here,
+    /// the one place its UTF-8 is checked whole.
+    fn message<'b>(&mut self, text: bool, payload: &'b [u8], now: Instant) -> Input<'b> {
+        if !text {
+            return Input::Binary(payload);
         }
-        let error = match result {
-            Ok(Message::Text(text)) => return Input::Text(text),
-            Ok(Message::Binary(data)) => return Input::Binary(data),
-            // tungstenite queues the pong itself.
-            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => return Input::Control,
-            Ok(Message::Close(_)) => {
-                self.enter_closing(now);
-                return Input::Finished;
-            }
-            Err(error) => error,
-        };
-        match error {
-            WsError::Io(err) if err.kind() == io::ErrorKind::WouldBlock => Input::Drained,
-            WsError::Io(err) if err.kind() == io::ErrorKind::Interrupted => Input::Control,
-            WsError::Capacity(_) => self.fail(CloseCode::Size, "message too big", now),
-            WsError::Utf8(_) => self.fail(CloseCode::Invalid, "invalid UTF-8", now),
-            WsError::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake)
-            | WsError::Io(_)
-            | WsError::ConnectionClosed
-            | WsError::AlreadyClosed => {
-                self.set_closed();
-                Input::Finished
-            }
-            WsError::Protocol(err) => {
-                log::debug!("{}: protocol error: {err}", self.peer);
-                self.fail(CloseCode::Protocol, "protocol error", now)
-            }
-            other => {
-                log::debug!("{}: WebSocket error: {other}", self.peer);
-                self.fail(CloseCode::Error, "internal error", now)
-            }
+        match std::str::from_utf8(payload) {
+            Ok(text) => Input::Text(text),
+            Err(_) => self.fail(INVALID_UTF8.code, INVALID_UTF8.reason, now),
         }
     }
 
     /// Closes with `code` after an input error; the input stream is no
     /// longer trusted, so what follows is discarded.
-    fn fail(&mut self, code: CloseCode, reason: &str, now: Instant) -> Input {
+    fn fail(&mut self, code: CloseCode, reason: &str, now: Instant) -> Input<'static> {
         self.close(code, reason, now);
+        self.discard_input();
         Input::Finished
     }
 
-    fn discard_input(&mut self) -> Input {
+    /// Queues a frame of our own (a pong, a ping, a close).
+    fn push_frame(&mut self, frame: Frame) {
+        let mut bytes = Vec::with_capacity(frame.len());
+        frame
+            .format(&mut bytes)
+            .expect("writing a frame into a Vec cannot fail");
+        self.out.push_bytes(&bytes);
+    }
+
+    fn discard_input(&mut self) -> Input<'static> {
         let mut sink = [0u8; 4096];
         let mut budget = DISCARD_BUDGET;
         loop {
@@ -410,19 +433,13 @@ impl<S: Socket> Connection<S> {
     /// Starts the closing handshake with `code`, or simply closes a
     /// connection that never became a WebSocket. Does nothing once closing.
     pub fn close(&mut self, code: CloseCode, reason: &str, now: Instant) {
-        match &mut self.phase {
-            Phase::Open { ws } => {
-                let mut io = Io {
-                    socket: &mut self.socket,
-                    out: &mut self.out,
-                    heard: false,
-                };
+        match self.phase {
+            Phase::Open { .. } => {
                 let frame = CloseFrame {
                     code,
                     reason: reason.into(),
                 };
-                // Writing goes to our queue, which cannot fail.
-                let _ = ws.close(&mut io, Some(frame));
+                self.push_frame(Frame::close(Some(frame)));
                 self.enter_closing(now);
             }
             Phase::Handshake { .. } => self.set_closed(),
@@ -496,15 +513,8 @@ impl<S: Socket> Connection<S> {
     }
 
     fn ping(&mut self, now: Instant) {
-        if let Phase::Open { ws } = &mut self.phase {
-            let mut io = Io {
-                socket: &mut self.socket,
-                out: &mut self.out,
-                heard: false,
-            };
-            // Into our queue: cannot fail while open.
-            let _ = ws.write(&mut io, Message::Ping(Bytes::new()));
-            let _ = ws.flush(&mut io);
+        if self.phase.is_open() {
+            self.push_frame(Frame::ping(Bytes::new()));
             self.ping_sent = Some(now);
         }
     }
@@ -564,6 +574,7 @@ mod tests {
     use tungstenite::protocol::frame::coding::Data;
 
     use super::*;
+    use crate::inbound::ReadBuffer;
     use crate::outqueue::Batch;
     use crate::testing::{client_frame, FakeSocket, UPGRADE};
 
@@ -576,13 +587,17 @@ mod tests {
 
     /// A connection that has completed its upgrade and flushed the 101.
     fn open_connection(now: Instant) -> Connection<FakeSocket> {
+        let mut buffer = ReadBuffer::default();
         let socket = FakeSocket {
             input: VecDeque::from([UPGRADE.to_vec()]),
             room: usize::MAX,
             ..FakeSocket::default()
         };
         let mut conn = Connection::new(socket, "127.0.0.1:9".parse().unwrap(), 1, now);
-        assert!(matches!(conn.poll_input(now, &config()), Input::Opened));
+        assert!(matches!(
+            conn.poll_input(now, &config(), &mut buffer),
+            Input::Opened
+        ));
         conn.flush(&[]);
         conn.socket.written.clear();
         conn
@@ -590,6 +605,7 @@ mod tests {
 
     #[test]
     fn handshake_dribbled_one_byte_at_a_time() {
+        let mut buffer = ReadBuffer::default();
         let now = Instant::now();
         let socket = FakeSocket {
             room: usize::MAX,
@@ -599,13 +615,19 @@ mod tests {
         for &byte in &UPGRADE[..UPGRADE.len() - 1] {
             conn.socket.input.push_back(vec![byte]);
             // Each byte is taken, then the socket would block: keep waiting.
-            assert!(matches!(conn.poll_input(now, &config()), Input::Drained));
+            assert!(matches!(
+                conn.poll_input(now, &config(), &mut buffer),
+                Input::Drained
+            ));
         }
         assert!(matches!(conn.phase, Phase::Handshake { .. }));
         conn.socket
             .input
             .push_back(UPGRADE[UPGRADE.len() - 1..].to_vec());
-        assert!(matches!(conn.poll_input(now, &config()), Input::Opened));
+        assert!(matches!(
+            conn.poll_input(now, &config(), &mut buffer),
+            Input::Opened
+        ));
         conn.flush(&[]);
         let response = String::from_utf8(conn.socket.written.clone()).unwrap();
         assert!(response.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
@@ -614,6 +636,7 @@ mod tests {
 
     #[test]
     fn frames_split_anywhere_arrive_whole() {
+        let mut buffer = ReadBuffer::default();
         let now = Instant::now();
         let mut conn = open_connection(now);
         let mut bytes = client_frame(0x1, "héllo".as_bytes());
@@ -623,14 +646,64 @@ mod tests {
         }
         let mut texts = Vec::new();
         loop {
-            match conn.poll_input(now, &config()) {
-                Input::Text(text) => texts.push(text.as_str().to_owned()),
+            match conn.poll_input(now, &config(), &mut buffer) {
+                Input::Text(text) => texts.push(text.to_owned()),
                 Input::Drained if conn.socket.input.is_empty() => break,
                 Input::Drained => {}
                 other => panic!("unexpected {other:?}"),
             }
         }
         assert_eq!(texts, ["héllo", "second"]);
+    }
+
+    #[test]
+    fn input_past_the_budget_waits_in_its_connection_while_others_read() {
+        let now = Instant::now();
+        let mut buffer = ReadBuffer::default();
+        let mut alice = open_connection(now);
+        let mut bob = open_connection(now);
+        bob.serial = 2;
+        alice.socket.input.push_back(
+            [
+                client_frame(0x1, b"one"),
+                client_frame(0x1, b"two"),
+                client_frame(0x1, &[b'3'; 100])[..50].to_vec(),
+            ]
+            .concat(),
+        );
+        bob.socket.input.push_back(client_frame(0x1, b"bob"));
+        let Input::Text(text) = alice.poll_input(now, &config(), &mut buffer) else {
+            panic!("a text");
+        };
+        assert_eq!(text, "one");
+        // The loop stops reading Alice here, as when her budget is spent.
+        alice.save_leftover(&mut buffer);
+        let Input::Text(text) = bob.poll_input(now, &config(), &mut buffer) else {
+            panic!("a text");
+        };
+        assert_eq!(text, "bob");
+        assert!(matches!(
+            bob.poll_input(now, &config(), &mut buffer),
+            Input::Drained
+        ));
+        bob.save_leftover(&mut buffer);
+        let Input::Text(text) = alice.poll_input(now, &config(), &mut buffer) else {
+            panic!("a text");
+        };
+        assert_eq!(text, "two");
+        assert!(matches!(
+            alice.poll_input(now, &config(), &mut buffer),
+            Input::Drained
+        ));
+        alice.save_leftover(&mut buffer);
+        alice
+            .socket
+            .input
+            .push_back(client_frame(0x1, &[b'3'; 100])[50..].to_vec());
+        let Input::Text(text) = alice.poll_input(now, &config(), &mut buffer) else {
+            panic!("a text");
+        };
+        assert_eq!(text, "3".repeat(100));
     }
 
     #[test]
@@ -681,6 +754,7 @@ mod tests {
 
     #[test]
     fn silence_brings_a_ping_then_a_close() {
+        let mut buffer = ReadBuffer::default();
         let start = Instant::now();
         let config = config();
         let mut conn = open_connection(start);
@@ -693,8 +767,14 @@ mod tests {
         // A pong (any frame) resets the keepalive.
         conn.socket.input.push_back(client_frame(0xA, b""));
         let later = ping_at + Duration::from_secs(1);
-        assert!(matches!(conn.poll_input(later, &config), Input::Control));
-        assert!(matches!(conn.poll_input(later, &config), Input::Drained));
+        assert!(matches!(
+            conn.poll_input(later, &config, &mut buffer),
+            Input::Control
+        ));
+        assert!(matches!(
+            conn.poll_input(later, &config, &mut buffer),
+            Input::Drained
+        ));
         assert_eq!(
             conn.next_deadline(&config),
             Some(later + config.ping_interval)
@@ -717,6 +797,7 @@ mod tests {
 
     #[test]
     fn the_middle_of_a_long_message_counts_as_life() {
+        let mut buffer = ReadBuffer::default();
         let start = Instant::now();
         let config = config();
         let mut conn = open_connection(start);
@@ -724,7 +805,10 @@ mod tests {
         let frame = client_frame(0x1, &[b'a'; 500]);
         let later = start + config.ping_interval;
         conn.socket.input.push_back(frame[..100].to_vec());
-        assert!(matches!(conn.poll_input(later, &config), Input::Drained));
+        assert!(matches!(
+            conn.poll_input(later, &config, &mut buffer),
+            Input::Drained
+        ));
         assert_eq!(
             conn.next_deadline(&config),
             Some(later + config.ping_interval)
@@ -733,6 +817,7 @@ mod tests {
 
     #[test]
     fn a_ping_flood_that_never_reads_its_pongs_is_closed_with_1013() {
+        let mut buffer = ReadBuffer::default();
         let now = Instant::now();
         let config = ServerConfig {
             max_outbound_bytes: 1000,
@@ -746,7 +831,7 @@ mod tests {
         }
         let mut pongs_read = 0;
         loop {
-            match conn.poll_input(now, &config) {
+            match conn.poll_input(now, &config, &mut buffer) {
                 Input::Control => pongs_read += 1,
                 Input::Finished => break,
                 other => panic!("unexpected {other:?}"),
@@ -787,24 +872,32 @@ mod tests {
 
     #[test]
     fn an_oversized_frame_is_refused_from_its_header() {
+        let mut buffer = ReadBuffer::default();
         let now = Instant::now();
         let mut conn = open_connection(now);
         // Only the header of a 1001-byte frame: the limit is 1000.
         let frame = client_frame(0x1, &[b'a'; 1001]);
         conn.socket.input.push_back(frame[..8].to_vec());
-        assert!(matches!(conn.poll_input(now, &config()), Input::Finished));
+        assert!(matches!(
+            conn.poll_input(now, &config(), &mut buffer),
+            Input::Finished
+        ));
         conn.flush(&[]);
         assert_eq!(&conn.socket.written[2..4], &1009u16.to_be_bytes());
     }
 
     #[test]
     fn a_closing_connection_ends_when_the_peer_hangs_up() {
+        let mut buffer = ReadBuffer::default();
         let now = Instant::now();
         let mut conn = open_connection(now);
         conn.socket
             .input
             .push_back(client_frame(0x8, &1000u16.to_be_bytes()));
-        assert!(matches!(conn.poll_input(now, &config()), Input::Finished));
+        assert!(matches!(
+            conn.poll_input(now, &config(), &mut buffer),
+            Input::Finished
+        ));
         assert!(conn.take_goodbye());
         conn.flush(&[]);
         // Our close reply went out, then FIN.
@@ -812,13 +905,17 @@ mod tests {
         assert!(conn.socket.shut.get());
         assert!(!conn.phase.is_closed(), "waits for the peer to hang up");
         conn.socket.eof = true;
-        assert!(matches!(conn.poll_input(now, &config()), Input::Finished));
+        assert!(matches!(
+            conn.poll_input(now, &config(), &mut buffer),
+            Input::Finished
+        ));
         assert!(conn.phase.is_closed());
         assert!(!conn.take_goodbye(), "the application hears of it once");
     }
 
     #[test]
     fn a_bad_request_gets_its_status_then_the_connection_closes() {
+        let mut buffer = ReadBuffer::default();
         let now = Instant::now();
         let socket = FakeSocket {
             input: VecDeque::from([b"POST / HTTP/1.1\r\n\r\n".to_vec()]),
@@ -827,13 +924,19 @@ mod tests {
             ..FakeSocket::default()
         };
         let mut conn = Connection::new(socket, "127.0.0.1:9".parse().unwrap(), 1, now);
-        assert!(matches!(conn.poll_input(now, &config()), Input::Finished));
+        assert!(matches!(
+            conn.poll_input(now, &config(), &mut buffer),
+            Input::Finished
+        ));
         conn.flush(&[]);
         assert!(conn
             .socket
             .written
             .starts_with(b"HTTP/1.1 405 Method Not Allowed\r\n"));
-        assert!(matches!(conn.poll_input(now, &config()), Input::Finished));
+        assert!(matches!(
+            conn.poll_input(now, &config(), &mut buffer),
+            Input::Finished
+        ));
         assert!(conn.phase.is_closed());
         assert!(!conn.take_goodbye(), "never opened, so no goodbye");
     }

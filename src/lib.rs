@@ -8,6 +8,7 @@ pub mod command;
 pub mod config;
 pub mod connection;
 pub mod http;
+pub mod inbound;
 pub mod outqueue;
 pub mod plain;
 pub mod protocol;

@@ -33,6 +33,7 @@ use tungstenite::protocol::frame::coding::{CloseCode, Data};
 
 use crate::config::ServerConfig;
 use crate::connection::{Connection, Input, CLOSE_LINGER};
+use crate::inbound::ReadBuffer;
 use crate::outqueue::{Batch, FrameRef};
 use crate::timers::Timers;
 
@@ -226,6 +227,9 @@ pub struct Server<S> {
     settling: Vec<usize>,
     /// This round's frames, shared by every connection they are sent to.
     batch: Batch,
+    /// Where every connection's input is read and parsed, one at a time, so
+    /// that an idle connection holds no read buffer of its own.
+    read_buffer: ReadBuffer,
 }
 
 impl<S: Service> Server<S> {
@@ -257,6 +261,7 @@ impl<S: Service> Server<S> {
             touched: Vec::new(),
             settling: Vec::new(),
             batch: Batch::default(),
+            read_buffer: ReadBuffer::default(),
         })
     }
 
@@ -424,12 +429,26 @@ impl<S: Service> Server<S> {
 
     /// Reads from one connection until it would block or its budget is spent.
     fn read(&mut self, key: usize, now: Instant) {
+        let drained = self.read_some(key, now);
+        if let Some(conn) = self.conns.get_mut(key) {
+            // Whatever stopped the reading, what is left of this
+            // connection's input must leave the shared buffer.
+            conn.save_leftover(&mut self.read_buffer);
+            if !drained {
+                self.backlog.push(key);
+            }
+        }
+    }
+
+    /// Reads up to the budget; returns whether the connection has nothing
+    /// more to read for now.
+    fn read_some(&mut self, key: usize, now: Instant) -> bool {
         for _ in 0..READ_BUDGET {
             let Some(conn) = self.conns.get_mut(key) else {
-                return;
+                return true;
             };
             touch(&mut self.touched, key, conn);
-            let input = conn.poll_input(now, &self.config);
+            let input = conn.poll_input(now, &self.config, &mut self.read_buffer);
             let peer = conn.peer;
             let mut out = Outbox {
                 conns: &mut self.conns,
@@ -439,18 +458,18 @@ impl<S: Service> Server<S> {
                 max_outbound: self.config.max_outbound_bytes,
             };
             match input {
-                Input::Drained | Input::Finished => return,
+                Input::Drained | Input::Finished => return true,
                 Input::Control => {}
                 Input::Opened => self.service.opened(key, peer, &mut out),
-                Input::Text(text) => self.service.text(key, &text, &mut out),
-                Input::Binary(data) => self.service.binary(key, &data, &mut out),
+                Input::Text(text) => self.service.text(key, text, &mut out),
+                Input::Binary(data) => self.service.binary(key, data, &mut out),
                 Input::HttpGet(path) => {
                     let response = self.service.http_get(&path);
                     self.conns[key].respond(&response, now);
                 }
             }
         }
-        self.backlog.push(key);
+        false
     }
 
     /// Handles every deadline that has come due.

@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use miochat::connection::{Connection, Input};
+use miochat::inbound::ReadBuffer;
 use miochat::testing::{client_frame, FakeSocket, UPGRADE};
 use miochat::ServerConfig;
 
@@ -27,9 +28,13 @@ fn never_reading_client(config: &ServerConfig, pings: usize) -> Vec<u8> {
     };
     let peer = "127.0.0.1:9".parse().unwrap();
     let mut conn = Connection::new(socket, peer, 1, now);
-    assert!(matches!(conn.poll_input(now, config), Input::Opened));
+    let mut buffer = ReadBuffer::default();
+    assert!(matches!(
+        conn.poll_input(now, config, &mut buffer),
+        Input::Opened
+    ));
     loop {
-        match conn.poll_input(now, config) {
+        match conn.poll_input(now, config, &mut buffer) {
             Input::Control => {}
             Input::Finished => break,
             other => panic!("unexpected {other:?}"),

@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use miochat::connection::{Connection, Input, Socket};
+use miochat::inbound::ReadBuffer;
 use miochat::outqueue::Batch;
 use miochat::{http, ServerConfig};
 use tungstenite::protocol::frame::coding::{CloseCode, Data};
@@ -193,6 +194,8 @@ struct App {
 struct Run<'a> {
     conn: Connection<FakeSocket<'a>>,
     config: ServerConfig,
+    /// The event loop's shared read buffer.
+    buffer: ReadBuffer,
     now: Instant,
     app: App,
     /// This round's frames, like the server's: cleared after each flush.
@@ -201,10 +204,15 @@ struct Run<'a> {
 
 impl Run<'_> {
     /// Reads as `Server::read` does: until drained, finished, or the
-    /// turn's budget is spent.
+    /// turn's budget is spent; then the leftover leaves the shared buffer.
     fn read(&mut self, script: &mut Script) {
+        self.read_some(script);
+        self.conn.save_leftover(&mut self.buffer);
+    }
+
+    fn read_some(&mut self, script: &mut Script) {
         for _ in 0..READ_BUDGET {
-            match self.conn.poll_input(self.now, &self.config) {
+            match self.conn.poll_input(self.now, &self.config, &mut self.buffer) {
                 Input::Drained | Input::Finished => return,
                 Input::Control => {}
                 Input::Opened => {
@@ -339,6 +347,7 @@ fuzz_target!(|data: &[u8]| {
     let mut run = Run {
         conn: Connection::new(socket, peer, 1, now),
         config,
+        buffer: ReadBuffer::default(),
         now,
         app: App::default(),
         batch: Batch::default(),
