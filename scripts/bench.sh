@@ -22,9 +22,9 @@ if ((${#missing[@]})); then
 fi
 
 if [[ ${1:-} == --full ]]; then
-    duration=10 warmup=2 clients=500 senders=10 rate=400 dm_clients=500 dm_rate=20000 conns=15000
+    duration=10 warmup=2 clients=500 fanout_clients=500 senders=10 rate=400 dm_clients=500 dm_rate=20000 conns=19000
 else
-    duration=3 warmup=1 clients=100 senders=10 rate=1000 dm_clients=100 dm_rate=10000 conns=10000
+    duration=3 warmup=1 clients=100 fanout_clients=200 senders=10 rate=1000 dm_clients=100 dm_rate=10000 conns=10000
 fi
 cpus=$(nproc)
 if ((cpus < 2)); then
@@ -83,13 +83,14 @@ run() { # SERVER SCENARIO CHATBENCH-ARGS...
 load=(--duration "$duration" --warmup "$warmup")
 echo "running (about $((12 * (duration + warmup + 3))) s)..." >&2
 for server in mioserver floor tokio; do
-    run "$server" fanout "${load[@]}" --clients "$clients" --senders "$senders" --rate "$rate"
+    run "$server" fanout "${load[@]}" --clients "$fanout_clients" --senders "$senders" --rate "$rate"
     run "$server" flood "${load[@]}" --clients "$clients" --senders "$senders" --window 16
     # The floor broadcasts everything and has no DMs: nothing to measure.
     if [[ $server != floor ]]; then
         run "$server" dm "${load[@]}" --clients "$dm_clients" --rate "$dm_rate"
     fi
-    run "$server" conns --duration 2 --clients "$conns"
+    # A join storm: every join is announced to everyone already there.
+    run "$server" conns --duration 2 --clients "$conns" --connect-rate 1000
 done
 
 # One value from a result, or "-" when the run is missing.
@@ -101,7 +102,7 @@ us_per_delivery='.server.cpu_us_per_delivery // "-" | if type == "number" then (
 
 echo
 echo "chatbench on $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), server on CPU 0, chatbench on CPU 1"
-echo "load: ${duration} s measured after ${warmup} s warm-up; fanout/flood $clients clients ($senders sending, fanout at $rate msg/s); dm $dm_clients clients at $dm_rate msg/s"
+echo "load: ${duration} s measured after ${warmup} s warm-up; fanout $fanout_clients clients ($senders sending at $rate msg/s); flood $clients clients ($senders sending); dm $dm_clients clients at $dm_rate msg/s"
 printf '\n%-10s %-7s %12s %10s %9s %9s %8s %9s %10s\n' \
     server scenario deliveries/s "server µs" "p50 µs" "p99 µs" "loss %" "RSS MiB" "bench µs"
 for scenario in fanout flood dm; do
