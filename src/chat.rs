@@ -18,7 +18,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::config::ServerConfig;
 use crate::http;
-use crate::outqueue::FrameRef;
+use crate::outqueue::{Channel, FrameRef};
 use crate::plain::{self, Line};
 use crate::protocol::{parse_request, ErrorCode, ParseError, Request, ServerMessage, Timestamp};
 use crate::rate_limit::TokenBucket;
@@ -71,6 +71,17 @@ enum Mode {
     Plain,
 }
 
+impl Mode {
+    /// The broadcast channel of the clients who speak it: everyone's
+    /// messages go out once per language.
+    fn channel(self) -> Channel {
+        match self {
+            Mode::Plain => 1,
+            Mode::Json | Mode::Undecided => 0,
+        }
+    }
+}
+
 /// One server message on its way to several recipients: encoded at most
 /// once per mode, on first use, into the round's batch.
 struct Outgoing<'m, 'round> {
@@ -82,25 +93,27 @@ struct Outgoing<'m, 'round> {
 }
 
 impl<'round> Outgoing<'_, 'round> {
-    /// Sends the message to one of several recipients: encoded once into
-    /// the round's batch, shared by all of them.
+    /// Sends the message to one of several recipients.
     fn send(&mut self, out: &mut Outbox<'round>, to: ConnId, mode: Mode) {
-        let message = self.message;
         if mode == Mode::Plain {
-            let frames = self.plain.get_or_insert_with(|| {
-                plain::render(message)
-                    .iter()
-                    .map(|line| out.frame_text(line))
-                    .collect()
-            });
-            for &frame in frames.iter() {
+            for &frame in self.plain_frames(out) {
                 out.send(to, frame);
             }
         } else {
-            let frame = *self
-                .json
-                .get_or_insert_with(|| out.frame_text(&message.to_json()));
+            let frame = self.json_frame(out);
             out.send(to, frame);
+        }
+    }
+
+    /// Broadcasts the message to every joined client (but `except`), in the
+    /// language of each; the plain-text frames only if anyone reads them.
+    fn broadcast(&mut self, out: &mut Outbox<'round>, any_plain: bool, except: Option<ConnId>) {
+        let frame = self.json_frame(out);
+        out.broadcast(Mode::Json.channel(), frame, except);
+        if any_plain {
+            for &frame in self.plain_frames(out) {
+                out.broadcast(Mode::Plain.channel(), frame, except);
+            }
         }
     }
 
@@ -113,6 +126,25 @@ impl<'round> Outgoing<'_, 'round> {
         } else {
             out.send_text(to, &self.message.to_json());
         }
+    }
+
+    /// The JSON frame, encoded into the round's batch on first use.
+    fn json_frame(&mut self, out: &mut Outbox<'round>) -> FrameRef<'round> {
+        let message = self.message;
+        *self
+            .json
+            .get_or_insert_with(|| out.frame_text(&message.to_json()))
+    }
+
+    /// The plain-text frames, encoded on first use.
+    fn plain_frames(&mut self, out: &mut Outbox<'round>) -> &[FrameRef<'round>] {
+        let message = self.message;
+        self.plain.get_or_insert_with(|| {
+            plain::render(message)
+                .iter()
+                .map(|line| out.frame_text(line))
+                .collect()
+        })
     }
 }
 
@@ -140,8 +172,9 @@ impl Chat {
         });
     }
 
-    /// Sends what the room produced: each message encoded once per mode,
-    /// then queued for each recipient.
+    /// Sends what the room produced, each message encoded at most once per
+    /// mode. A message for everyone is a broadcast: its cost does not grow
+    /// with the number of members.
     fn deliver(&mut self, out: &mut Outbox<'_>) {
         let sessions = &self.sessions;
         let any_plain = self.plain_sessions > 0;
@@ -157,18 +190,17 @@ impl Chat {
                 json: None,
                 plain: None,
             };
-            let mut send = |user: ConnId| outgoing.send(out, user, mode_of(user));
             match to {
                 Audience::One(user) => outgoing.send_alone(out, user, mode_of(user)),
                 Audience::Pair(sender, recipient) => {
-                    send(sender);
+                    outgoing.send(out, sender, mode_of(sender));
                     if recipient != sender {
-                        send(recipient);
+                        outgoing.send(out, recipient, mode_of(recipient));
                     }
                 }
-                Audience::Everyone => self.room.members().for_each(send),
+                Audience::Everyone => outgoing.broadcast(out, any_plain, None),
                 Audience::EveryoneExcept(except) => {
-                    self.room.members().filter(|&m| m != except).for_each(send)
+                    outgoing.broadcast(out, any_plain, Some(except))
                 }
             }
         }
@@ -251,6 +283,7 @@ impl Service for Chat {
         if !was_joined {
             if let Some(name) = self.room.name(conn) {
                 out.admit(conn);
+                out.subscribe(conn, self.sessions[&conn].mode.channel());
                 log::info!("{peer} joined as {name} ({} online)", self.room.online());
             }
         }

@@ -25,7 +25,7 @@ use tungstenite::Bytes;
 use crate::config::ServerConfig;
 use crate::http::{self, Head};
 use crate::inbound::{Inbound, Next, Payload, ReadBuffer, INVALID_UTF8};
-use crate::outqueue::{FrameRef, OutQueue};
+use crate::outqueue::{Broadcast, Channel, FrameRef, OutQueue};
 
 /// How long a closing connection may take to send its last bytes and see
 /// the peer hang up before the socket is simply dropped. Two seconds lets a
@@ -145,6 +145,19 @@ pub struct Connection<S> {
     /// Whether the loop has this connection on its list for the end of the
     /// turn, so it is listed once however much happens to it.
     pub touched: bool,
+    /// The channel whose broadcasts this connection hears, and how many of
+    /// the round's broadcasts are already in its queue.
+    subscription: Option<Subscription>,
+}
+
+/// A connection's place among a channel's broadcasts.
+#[derive(Debug, Clone, Copy)]
+struct Subscription {
+    /// The channel it hears.
+    channel: Channel,
+    /// How many of the round's broadcasts it has been given (or was
+    /// subscribed after).
+    seen: usize,
 }
 
 impl<S: Socket> Connection<S> {
@@ -165,6 +178,7 @@ impl<S: Socket> Connection<S> {
             armed: None,
             write_interest: false,
             touched: false,
+            subscription: None,
         }
     }
 
@@ -411,6 +425,53 @@ impl<S: Socket> Connection<S> {
         self.queue(max_outbound, now, |out| out.push_own_frame(data, payload));
     }
 
+    /// From now on, the connection hears every broadcast on `channel`:
+    /// those after the `round_so_far` already made in this round.
+    pub fn subscribe(&mut self, channel: Channel, round_so_far: usize) {
+        self.subscription = Some(Subscription {
+            channel,
+            seen: round_so_far,
+        });
+    }
+
+    /// Queues the round's `broadcasts` that this connection has not been
+    /// given yet. Call it before queueing anything else for the connection,
+    /// so its frames keep the order they were sent in, and before the round
+    /// is written. Returns whether the connection needs settling (its
+    /// queue grew, or it turned out too slow).
+    pub fn catch_up(
+        &mut self,
+        key: usize,
+        broadcasts: &[Broadcast],
+        max_outbound: usize,
+        now: Instant,
+    ) -> bool {
+        let Some(subscription) = &mut self.subscription else {
+            return false;
+        };
+        let Some(unseen) = broadcasts
+            .get(subscription.seen..)
+            .filter(|b| !b.is_empty())
+        else {
+            return false;
+        };
+        subscription.seen = broadcasts.len();
+        let channel = subscription.channel;
+        let before = self.out.len();
+        self.queue(max_outbound, now, |out| {
+            out.push_broadcasts(unseen, channel, key)
+        });
+        self.out.len() != before || self.goodbye_pending
+    }
+
+    /// The round's broadcasts are written and forgotten: the next round's
+    /// list starts from zero.
+    pub fn end_round(&mut self) {
+        if let Some(subscription) = &mut self.subscription {
+            subscription.seen = 0;
+        }
+    }
+
     fn queue(&mut self, max_outbound: usize, now: Instant, push: impl FnOnce(&mut OutQueue)) {
         if !self.phase.is_open() {
             return;
@@ -575,7 +636,7 @@ mod tests {
 
     use super::*;
     use crate::inbound::ReadBuffer;
-    use crate::outqueue::Batch;
+    use crate::outqueue::{Batch, Broadcast};
     use crate::testing::{client_frame, FakeSocket, UPGRADE};
 
     fn config() -> ServerConfig {
@@ -722,6 +783,42 @@ mod tests {
             conn.flush(batch.bytes());
             assert_eq!(conn.out.len(), expected.len() - conn.socket.written.len());
         }
+        assert_eq!(conn.socket.written, expected);
+    }
+
+    #[test]
+    fn broadcasts_keep_their_place_among_frames_sent_directly() {
+        let now = Instant::now();
+        let mut conn = open_connection(now);
+        let mut batch = Batch::default();
+        let mut broadcasts = Vec::new();
+        let mut broadcast = |batch: &mut Batch, text: &str, channel, except| {
+            broadcasts.push(Broadcast::new(
+                batch.frame(Data::Text, text.as_bytes()),
+                channel,
+                except,
+            ));
+            broadcasts.clone()
+        };
+        broadcast(&mut batch, "before it subscribed", 0, None);
+        conn.subscribe(0, 1);
+        broadcast(&mut batch, "first", 0, None);
+        broadcast(&mut batch, "not for connection 1", 0, Some(1));
+        let so_far = broadcast(&mut batch, "another channel", 1, None);
+        // Something sent to it directly comes after what was broadcast before.
+        conn.catch_up(1, &so_far, usize::MAX, now);
+        conn.send_own(Data::Text, b"direct", usize::MAX, now);
+        let all = broadcast(&mut batch, "last", 0, None);
+        assert!(conn.catch_up(1, &all, usize::MAX, now));
+        assert!(!conn.catch_up(1, &all, usize::MAX, now), "given once");
+        conn.flush(batch.bytes());
+        let text_frame = |text: &str| [&[0x81, text.len() as u8], text.as_bytes()].concat();
+        let expected = [
+            text_frame("first"),
+            text_frame("direct"),
+            text_frame("last"),
+        ]
+        .concat();
         assert_eq!(conn.socket.written, expected);
     }
 

@@ -94,6 +94,37 @@ impl Batch {
     }
 }
 
+/// A group of connections that hear the same broadcasts. The service
+/// numbers its own (the chat has one per language its clients speak).
+pub type Channel = u8;
+
+/// A frame of this round's batch for every subscriber of a channel, except
+/// perhaps one. A broadcast is recorded once, not pushed to each
+/// subscriber: each catches up on the round's list once, when something
+/// else is queued for it or when the round is written, so a round with
+/// forty broadcasts visits each subscriber once, not forty times.
+#[derive(Debug, Clone)]
+pub struct Broadcast {
+    /// The frame, in the batch.
+    pub frame: Range<usize>,
+    /// Who hears it.
+    pub channel: Channel,
+    /// A subscriber who does not (a `joined` is not for the joiner), by
+    /// its connection key.
+    pub except: Option<usize>,
+}
+
+impl Broadcast {
+    /// A broadcast of `frame` on `channel`.
+    pub fn new(frame: FrameRef<'_>, channel: Channel, except: Option<usize>) -> Self {
+        Broadcast {
+            frame: frame.start..frame.end,
+            channel,
+            except,
+        }
+    }
+}
+
 /// Appends a final (unfragmented) server frame to `buf`. Server frames are
 /// unmasked, so the same bytes suit every recipient.
 fn encode_frame(buf: &mut Vec<u8>, data: Data, payload: &[u8]) {
@@ -154,10 +185,24 @@ impl OutQueue {
 
     /// Queues a frame of this round's batch.
     pub fn push_frame(&mut self, frame: FrameRef<'_>) {
+        self.push_range(frame.start..frame.end);
+    }
+
+    /// Queues a range of this round's batch.
+    fn push_range(&mut self, frame: Range<usize>) {
         self.len += frame.len();
         match self.round.last_mut() {
             Some(Piece::Shared(range)) if range.end == frame.start => range.end = frame.end,
-            _ => self.round.push(Piece::Shared(frame.start..frame.end)),
+            _ => self.round.push(Piece::Shared(frame)),
+        }
+    }
+
+    /// Queues the broadcasts on `channel` that are not from `except`.
+    pub fn push_broadcasts(&mut self, broadcasts: &[Broadcast], channel: Channel, except: usize) {
+        for broadcast in broadcasts {
+            if broadcast.channel == channel && broadcast.except != Some(except) {
+                self.push_range(broadcast.frame.clone());
+            }
         }
     }
 

@@ -34,7 +34,7 @@ use tungstenite::protocol::frame::coding::{CloseCode, Data};
 use crate::config::ServerConfig;
 use crate::connection::{Connection, Input, CLOSE_LINGER};
 use crate::inbound::ReadBuffer;
-use crate::outqueue::{Batch, FrameRef};
+use crate::outqueue::{Batch, Broadcast, Channel, FrameRef};
 use crate::timers::Timers;
 
 /// Identifies a connection to the service: its slab key. Valid until the
@@ -101,6 +101,8 @@ pub struct Outbox<'a> {
     touched: &'a mut Vec<usize>,
     /// Where this round's frames are encoded.
     batch: &'a mut Batch,
+    /// This round's broadcasts.
+    broadcasts: &'a mut Vec<Broadcast>,
     /// The time of this turn.
     now: Instant,
     /// The per-client output bound.
@@ -121,9 +123,9 @@ impl<'a> Outbox<'a> {
 
     /// Queues a frame for one connection. Ignored if it is not open.
     pub fn send(&mut self, conn: ConnId, frame: FrameRef<'a>) {
-        if let Some(connection) = self.conns.get_mut(conn) {
-            connection.send(frame, self.max_outbound, self.now);
-            touch(self.touched, conn, connection);
+        let (max_outbound, now) = (self.max_outbound, self.now);
+        if let Some(connection) = self.catch_up(conn) {
+            connection.send(frame, max_outbound, now);
         }
     }
 
@@ -141,18 +143,43 @@ impl<'a> Outbox<'a> {
     }
 
     fn send_own(&mut self, conn: ConnId, data: Data, payload: &[u8]) {
-        if let Some(connection) = self.conns.get_mut(conn) {
-            connection.send_own(data, payload, self.max_outbound, self.now);
-            touch(self.touched, conn, connection);
+        let (max_outbound, now) = (self.max_outbound, self.now);
+        if let Some(connection) = self.catch_up(conn) {
+            connection.send_own(data, payload, max_outbound, now);
         }
+    }
+
+    /// From now on `conn` hears every [`broadcast`](Self::broadcast) on
+    /// `channel` (the broadcasts made so far are not for it).
+    pub fn subscribe(&mut self, conn: ConnId, channel: Channel) {
+        if let Some(connection) = self.conns.get_mut(conn) {
+            connection.subscribe(channel, self.broadcasts.len());
+        }
+    }
+
+    /// Sends a frame to every open subscriber of `channel` except `except`.
+    /// It costs the same for ten subscribers or ten thousand: the broadcast
+    /// is recorded once, and each subscriber takes the round's broadcasts
+    /// in one go before it is written.
+    pub fn broadcast(&mut self, channel: Channel, frame: FrameRef<'a>, except: Option<ConnId>) {
+        self.broadcasts.push(Broadcast::new(frame, channel, except));
     }
 
     /// Starts closing a connection with a close code and reason.
     pub fn close(&mut self, conn: ConnId, code: CloseCode, reason: &str) {
-        if let Some(connection) = self.conns.get_mut(conn) {
-            connection.close(code, reason, self.now);
-            touch(self.touched, conn, connection);
+        let now = self.now;
+        if let Some(connection) = self.catch_up(conn) {
+            connection.close(code, reason, now);
         }
+    }
+
+    /// The connection, given the broadcasts it is due first (so that what
+    /// is queued next comes after them) and put on the list to settle.
+    fn catch_up(&mut self, conn: ConnId) -> Option<&mut Connection<TcpStream>> {
+        let connection = self.conns.get_mut(conn)?;
+        connection.catch_up(conn, self.broadcasts, self.max_outbound, self.now);
+        touch(self.touched, conn, connection);
+        Some(connection)
     }
 
     /// Marks a connection as admitted: its join deadline no longer applies.
@@ -227,6 +254,9 @@ pub struct Server<S> {
     settling: Vec<usize>,
     /// This round's frames, shared by every connection they are sent to.
     batch: Batch,
+    /// This round's broadcasts (frames in `batch`), not yet given to all
+    /// of their subscribers.
+    broadcasts: Vec<Broadcast>,
     /// Where every connection's input is read and parsed, one at a time, so
     /// that an idle connection holds no read buffer of its own.
     read_buffer: ReadBuffer,
@@ -261,6 +291,7 @@ impl<S: Service> Server<S> {
             touched: Vec::new(),
             settling: Vec::new(),
             batch: Batch::default(),
+            broadcasts: Vec::new(),
             read_buffer: ReadBuffer::default(),
         })
     }
@@ -454,6 +485,7 @@ impl<S: Service> Server<S> {
                 conns: &mut self.conns,
                 touched: &mut self.touched,
                 batch: &mut self.batch,
+                broadcasts: &mut self.broadcasts,
                 now,
                 max_outbound: self.config.max_outbound_bytes,
             };
@@ -483,6 +515,10 @@ impl<S: Service> Server<S> {
                 continue;
             }
             conn.armed = None;
+            // A deadline may close the connection: what was broadcast
+            // before goes out first.
+            let max_outbound = self.config.max_outbound_bytes;
+            conn.catch_up(expired.key, &self.broadcasts, max_outbound, now);
             conn.on_deadline(now, &self.config);
             touch(&mut self.touched, expired.key, conn);
         }
@@ -502,6 +538,7 @@ impl<S: Service> Server<S> {
                     self.say_goodbye(key, now);
                 }
             }
+            self.deliver_broadcasts(now);
             if self.touched.is_empty() {
                 return Ok(());
             }
@@ -527,11 +564,28 @@ impl<S: Service> Server<S> {
         }
     }
 
+    /// Gives every subscriber the round's broadcasts it has not had yet,
+    /// and starts the list afresh.
+    fn deliver_broadcasts(&mut self, now: Instant) {
+        if self.broadcasts.is_empty() {
+            return;
+        }
+        let max_outbound = self.config.max_outbound_bytes;
+        for (key, conn) in self.conns.iter_mut() {
+            if conn.catch_up(key, &self.broadcasts, max_outbound, now) {
+                touch(&mut self.touched, key, conn);
+            }
+            conn.end_round();
+        }
+        self.broadcasts.clear();
+    }
+
     fn say_goodbye(&mut self, key: usize, now: Instant) {
         let mut out = Outbox {
             conns: &mut self.conns,
             touched: &mut self.touched,
             batch: &mut self.batch,
+            broadcasts: &mut self.broadcasts,
             now,
             max_outbound: self.config.max_outbound_bytes,
         };
@@ -581,6 +635,8 @@ impl<S: Service> Server<S> {
             return;
         }
         log::info!("shutting down: closing {} connections", self.conns.len());
+        // What was broadcast before the request still goes out before 1001.
+        self.deliver_broadcasts(now);
         self.listener = None;
         self.shutdown_by = Some(now + CLOSE_LINGER);
         for (key, conn) in self.conns.iter_mut() {
