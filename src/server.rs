@@ -682,9 +682,9 @@ pub struct ServerHandle {
 impl ServerHandle {
     /// Binds `service` per `config` and runs it on a new thread.
     ///
-    /// The server is built on its own thread because it never leaves it
-    /// (its shared frames are `Rc`, deliberately not thread-safe); the
-    /// address and the shutdown handle are sent back.
+    /// The server is bound on the thread that runs it; the address (or the
+    /// error from binding) and the shutdown handle are sent back before
+    /// the loop starts.
     pub fn spawn<S: Service + Send + 'static>(
         config: ServerConfig,
         service: S,
