@@ -54,6 +54,12 @@ const WAKER: Token = Token(usize::MAX);
 /// default.
 const LISTEN_BACKLOG: i32 = 4096;
 
+/// How often, at most, an idle loop hands freed heap memory back to the
+/// system (see [`Server::give_back_memory`]). Trimming walks the heap, a
+/// few milliseconds for a large one, so not on every idle turn; ten
+/// seconds after a burst is soon enough for memory that is only lent.
+const TRIM_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Readiness events taken from the kernel per `poll`. More than this simply
 /// wait for the next turn; 1024 amortises the syscall without a large array.
 const EVENTS_PER_POLL: usize = 1024;
@@ -257,6 +263,8 @@ pub struct Server<S> {
     /// This round's broadcasts (frames in `batch`), not yet given to all
     /// of their subscribers.
     broadcasts: Vec<Broadcast>,
+    /// When freed heap memory was last handed back to the system.
+    last_trim: Instant,
     /// Where every connection's input is read and parsed, one at a time, so
     /// that an idle connection holds no read buffer of its own.
     read_buffer: ReadBuffer,
@@ -292,6 +300,7 @@ impl<S: Service> Server<S> {
             settling: Vec::new(),
             batch: Batch::default(),
             broadcasts: Vec::new(),
+            last_trim: Instant::now(),
             read_buffer: ReadBuffer::default(),
         })
     }
@@ -319,6 +328,9 @@ impl<S: Service> Server<S> {
                 return Err(err);
             }
             let now = Instant::now();
+            if events.is_empty() {
+                self.give_back_memory(now);
+            }
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(now),
@@ -352,6 +364,25 @@ impl<S: Service> Server<S> {
                     return Ok(());
                 }
             }
+        }
+    }
+
+    /// Hands the heap memory freed since the last call back to the system,
+    /// at most every [`TRIM_INTERVAL`], when a `poll` found no I/O. glibc
+    /// keeps freed memory for reuse, and what a join storm or a burst of
+    /// slow readers lends (backlogs, welcomes, the batch) is freed in
+    /// scattered pieces it would otherwise hold on to for good: at 19 000
+    /// clients that was most of the server's RSS.
+    fn give_back_memory(&mut self, now: Instant) {
+        if now < self.last_trim + TRIM_INTERVAL {
+            return;
+        }
+        self.last_trim = now;
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only returns free pages of the allocator's
+        // own heap to the kernel; it touches no memory we own.
+        unsafe {
+            libc::malloc_trim(0);
         }
     }
 
