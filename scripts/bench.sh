@@ -4,7 +4,7 @@
 # with the server pinned to CPU 0 and chatbench to CPU 1, and prints one
 # table. See docs/performance.md for what the figures mean.
 #
-#   bash scripts/bench.sh           # quick: about two minutes
+#   bash scripts/bench.sh           # quick: about four minutes
 #   bash scripts/bench.sh --full    # longer runs, more clients
 #
 # Every server is started afresh for every scenario, so no run inherits
