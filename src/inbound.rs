@@ -6,7 +6,7 @@
 //! per connection: the socket is read into it, complete frames are unmasked
 //! and handed out in place, and only what is left of an incomplete frame
 //! when the loop moves on is copied into the connection's own
-//! [`Inbound::leftover`], which is empty whenever nothing is pending. So an
+//! `Inbound::leftover`, which is empty whenever nothing is pending. So an
 //! idle connection holds no read buffer at all.
 //!
 //! ```text

@@ -4,7 +4,7 @@
 //! A run has three phases. Client threads (each a `mio::Poll` over an
 //! interleaved share of the clients) connect and join at a steady rate.
 //! Once every client has joined or failed, the coordinator (the calling
-//! thread) sets a [`worker::Plan`]: a warm-up, then a measured window in
+//! thread) sets a `worker::Plan`: a warm-up, then a measured window in
 //! which messages are sent and counted, then a drain that waits for the
 //! last copies. It samples the server's and its own CPU and memory from
 //! `/proc` at the edges of the window and merges the threads' tallies into
