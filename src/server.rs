@@ -103,12 +103,8 @@ pub trait Service {
 pub struct Outbox<'a> {
     /// Every connection.
     conns: &'a mut Slab<Connection<TcpStream>>,
-    /// Connections to settle at the end of the turn.
-    touched: &'a mut Vec<usize>,
-    /// Where this round's frames are encoded.
-    batch: &'a mut Batch,
-    /// This round's broadcasts.
-    broadcasts: &'a mut Vec<Broadcast>,
+    /// What the round will write: sends are recorded here.
+    round: &'a mut Round,
     /// The time of this turn.
     now: Instant,
     /// The per-client output bound.
@@ -124,7 +120,7 @@ impl<'a> Outbox<'a> {
     /// Frames a text message once, to [`send`](Self::send) it to any number
     /// of connections in this round.
     pub fn frame_text(&mut self, text: &str) -> FrameRef<'a> {
-        self.batch.frame(Data::Text, text.as_bytes())
+        self.round.batch.frame(Data::Text, text.as_bytes())
     }
 
     /// Queues a frame for one connection. Ignored if it is not open.
@@ -159,7 +155,7 @@ impl<'a> Outbox<'a> {
     /// `channel` (the broadcasts made so far are not for it).
     pub fn subscribe(&mut self, conn: ConnId, channel: Channel) {
         if let Some(connection) = self.conns.get_mut(conn) {
-            connection.subscribe(channel, self.broadcasts.len());
+            connection.subscribe(channel, self.round.broadcasts.len());
         }
     }
 
@@ -168,7 +164,9 @@ impl<'a> Outbox<'a> {
     /// is recorded once, and each subscriber takes the round's broadcasts
     /// in one go before it is written.
     pub fn broadcast(&mut self, channel: Channel, frame: FrameRef<'a>, except: Option<ConnId>) {
-        self.broadcasts.push(Broadcast::new(frame, channel, except));
+        self.round
+            .broadcasts
+            .push(Broadcast::new(frame, channel, except));
     }
 
     /// Starts closing a connection with a close code and reason.
@@ -183,8 +181,8 @@ impl<'a> Outbox<'a> {
     /// is queued next comes after them) and put on the list to settle.
     fn catch_up(&mut self, conn: ConnId) -> Option<&mut Connection<TcpStream>> {
         let connection = self.conns.get_mut(conn)?;
-        connection.catch_up(conn, self.broadcasts, self.max_outbound, self.now);
-        touch(self.touched, conn, connection);
+        connection.catch_up(conn, &self.round.broadcasts, self.max_outbound, self.now);
+        touch(&mut self.round.touched, conn, connection);
         Some(connection)
     }
 
@@ -192,6 +190,35 @@ impl<'a> Outbox<'a> {
     pub fn admit(&mut self, conn: ConnId) {
         if let Some(connection) = self.conns.get_mut(conn) {
             connection.admit();
+        }
+    }
+}
+
+/// What the loop writes at the end of the turn, gathered while it reads.
+#[derive(Debug, Default)]
+struct Round {
+    /// Connections to settle at the end of this turn.
+    touched: Vec<usize>,
+    /// This round's frames, shared by every connection they are sent to.
+    batch: Batch,
+    /// This round's broadcasts (frames in `batch`), not yet given to all
+    /// of their subscribers.
+    broadcasts: Vec<Broadcast>,
+}
+
+impl Round {
+    /// The service's view of the connections and of this round.
+    fn outbox<'a>(
+        &'a mut self,
+        conns: &'a mut Slab<Connection<TcpStream>>,
+        now: Instant,
+        max_outbound: usize,
+    ) -> Outbox<'a> {
+        Outbox {
+            conns,
+            round: self,
+            now,
+            max_outbound,
         }
     }
 }
@@ -254,15 +281,10 @@ pub struct Server<S> {
     spare_fd: Option<File>,
     /// Connections that spent their read budget and still have input.
     backlog: Vec<usize>,
-    /// Connections to settle at the end of this turn.
-    touched: Vec<usize>,
+    /// What this turn will write.
+    round: Round,
     /// The connections being settled in this round (kept for its allocation).
     settling: Vec<usize>,
-    /// This round's frames, shared by every connection they are sent to.
-    batch: Batch,
-    /// This round's broadcasts (frames in `batch`), not yet given to all
-    /// of their subscribers.
-    broadcasts: Vec<Broadcast>,
     /// When freed heap memory was last handed back to the system.
     last_trim: Instant,
     /// Where every connection's input is read and parsed, one at a time, so
@@ -296,10 +318,8 @@ impl<S: Service> Server<S> {
             per_ip: HashMap::new(),
             spare_fd: File::open("/dev/null").ok(),
             backlog: Vec::new(),
-            touched: Vec::new(),
+            round: Round::default(),
             settling: Vec::new(),
-            batch: Batch::default(),
-            broadcasts: Vec::new(),
             last_trim: Instant::now(),
             read_buffer: ReadBuffer::default(),
         })
@@ -347,7 +367,7 @@ impl<S: Service> Server<S> {
                         }
                         if event.is_writable() {
                             if let Some(conn) = self.conns.get_mut(key) {
-                                touch(&mut self.touched, key, conn);
+                                touch(&mut self.round.touched, key, conn);
                             }
                         }
                     }
@@ -486,7 +506,7 @@ impl<S: Service> Server<S> {
         self.next_serial += 1;
         log::debug!("{peer}: connected");
         let conn = entry.insert(Connection::new(stream, peer, self.next_serial, now));
-        touch(&mut self.touched, key, conn);
+        touch(&mut self.round.touched, key, conn);
     }
 
     /// Reads from one connection until it would block or its budget is spent.
@@ -509,17 +529,12 @@ impl<S: Service> Server<S> {
             let Some(conn) = self.conns.get_mut(key) else {
                 return true;
             };
-            touch(&mut self.touched, key, conn);
+            touch(&mut self.round.touched, key, conn);
             let input = conn.poll_input(now, &self.config, &mut self.read_buffer);
             let peer = conn.peer;
-            let mut out = Outbox {
-                conns: &mut self.conns,
-                touched: &mut self.touched,
-                batch: &mut self.batch,
-                broadcasts: &mut self.broadcasts,
-                now,
-                max_outbound: self.config.max_outbound_bytes,
-            };
+            let mut out = self
+                .round
+                .outbox(&mut self.conns, now, self.config.max_outbound_bytes);
             match input {
                 Input::Drained | Input::Finished => return true,
                 Input::Control => {}
@@ -549,9 +564,9 @@ impl<S: Service> Server<S> {
             // A deadline may close the connection: what was broadcast
             // before goes out first.
             let max_outbound = self.config.max_outbound_bytes;
-            conn.catch_up(expired.key, &self.broadcasts, max_outbound, now);
+            conn.catch_up(expired.key, &self.round.broadcasts, max_outbound, now);
             conn.on_deadline(now, &self.config);
-            touch(&mut self.touched, expired.key, conn);
+            touch(&mut self.round.touched, expired.key, conn);
         }
     }
 
@@ -563,63 +578,58 @@ impl<S: Service> Server<S> {
         loop {
             // Goodbyes first, so that their broadcasts join this round's batch.
             let mut next = 0;
-            while let Some(&key) = self.touched.get(next) {
+            while let Some(&key) = self.round.touched.get(next) {
                 next += 1;
                 if self.conns[key].take_goodbye() {
                     self.say_goodbye(key, now);
                 }
             }
             self.deliver_broadcasts(now);
-            if self.touched.is_empty() {
+            if self.round.touched.is_empty() {
                 return Ok(());
             }
             // Nothing sends while the round is written, so every range in a
             // queue is a range of this batch.
             let mut round =
-                std::mem::replace(&mut self.touched, std::mem::take(&mut self.settling));
+                std::mem::replace(&mut self.round.touched, std::mem::take(&mut self.settling));
             for &key in &round {
                 let conn = &mut self.conns[key];
                 conn.touched = false;
-                conn.flush(self.batch.bytes());
+                conn.flush(self.round.batch.bytes());
                 if conn.has_goodbye_pending() {
                     // It failed: the service hears of it next round, and
                     // then it is removed.
-                    touch(&mut self.touched, key, conn);
+                    touch(&mut self.round.touched, key, conn);
                     continue;
                 }
                 self.update_registration(key)?;
             }
             round.clear();
             self.settling = round;
-            self.batch.clear();
+            self.round.batch.clear();
         }
     }
 
     /// Gives every subscriber the round's broadcasts it has not had yet,
     /// and starts the list afresh.
     fn deliver_broadcasts(&mut self, now: Instant) {
-        if self.broadcasts.is_empty() {
+        if self.round.broadcasts.is_empty() {
             return;
         }
         let max_outbound = self.config.max_outbound_bytes;
         for (key, conn) in self.conns.iter_mut() {
-            if conn.catch_up(key, &self.broadcasts, max_outbound, now) {
-                touch(&mut self.touched, key, conn);
+            if conn.catch_up(key, &self.round.broadcasts, max_outbound, now) {
+                touch(&mut self.round.touched, key, conn);
             }
             conn.end_round();
         }
-        self.broadcasts.clear();
+        self.round.broadcasts.clear();
     }
 
     fn say_goodbye(&mut self, key: usize, now: Instant) {
-        let mut out = Outbox {
-            conns: &mut self.conns,
-            touched: &mut self.touched,
-            batch: &mut self.batch,
-            broadcasts: &mut self.broadcasts,
-            now,
-            max_outbound: self.config.max_outbound_bytes,
-        };
+        let mut out = self
+            .round
+            .outbox(&mut self.conns, now, self.config.max_outbound_bytes);
         self.service.closed(key, &mut out);
     }
 
@@ -672,7 +682,7 @@ impl<S: Service> Server<S> {
         self.shutdown_by = Some(now + CLOSE_LINGER);
         for (key, conn) in self.conns.iter_mut() {
             conn.close(CloseCode::Away, "server shutting down", now);
-            touch(&mut self.touched, key, conn);
+            touch(&mut self.round.touched, key, conn);
         }
     }
 }

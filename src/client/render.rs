@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, NaiveDate, TimeZone};
 
-use crate::protocol::{name_key, ServerMessage, Timestamp};
+use crate::protocol::{name_key, ChatMessage, ServerMessage, Timestamp};
 
 /// Colours for other people's names, picked by a hash of the name so one
 /// person keeps one colour. Blue is left out: it is hard to read on the
@@ -53,28 +53,12 @@ where
         match message {
             ServerMessage::Welcome { users, history, .. } => {
                 for message in history {
-                    self.said(
-                        &mut lines,
-                        message.ts,
-                        &message.from,
-                        None,
-                        &message.text,
-                        me,
-                    );
+                    self.public(&mut lines, message, me);
                 }
                 let online = self.online(&users.names());
                 lines.push(self.paint(FAINT, &format!("--- {online} ---")));
             }
-            ServerMessage::Message(message) => {
-                self.said(
-                    &mut lines,
-                    message.ts,
-                    &message.from,
-                    None,
-                    &message.text,
-                    me,
-                );
-            }
+            ServerMessage::Message(message) => self.public(&mut lines, message, me),
             ServerMessage::Dm {
                 ts, from, to, text, ..
             } => self.said(&mut lines, *ts, from, Some(to), text, me),
@@ -108,6 +92,11 @@ where
     /// A line about something that went wrong (`! connection lost`).
     pub fn alert(&self, text: &str) -> String {
         self.paint(ALERT, &format!("! {text}"))
+    }
+
+    /// Shows a public message, live or from history.
+    fn public(&mut self, lines: &mut Vec<String>, message: &ChatMessage, me: &str) {
+        self.said(lines, message.ts, &message.from, None, &message.text, me);
     }
 
     /// `[HH:MM] Dave: text`, or `[HH:MM] (dm) Dave -> Bob: text`, after a
