@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use miochat::chat::Chat;
-use miochat::config::{default_max_connections, ServerConfig};
-use miochat::server::Server;
+use miochat::evloop::config::{default_max_connections, ServerConfig};
+use miochat::evloop::server::Server;
 
 /// A real-time chat server on a hand-rolled mio event loop (WebSocket, JSON).
 #[derive(Debug, Parser)]

@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use miochat::server::{ConnId, Outbox, Server, Service};
+use miochat::evloop::server::{ConnId, Outbox, Server, Service};
 use miochat::ServerConfig;
 
 /// The echo application: no state at all.
@@ -33,7 +33,7 @@ impl Service for Echo {
     fn closed(&mut self, _conn: ConnId, _out: &mut Outbox<'_>) {}
 
     fn http_get(&mut self, _path: &str) -> Vec<u8> {
-        miochat::http::response(426, "", "text/plain", b"WebSocket echo server\n")
+        miochat::evloop::http::response(426, "", "text/plain", b"WebSocket echo server\n")
     }
 }
 

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::{SinkExt, StreamExt};
-use miochat::protocol::{
+use miochat::proto::protocol::{
     self, ChatMessage, ErrorCode, Request, ServerMessage, Timestamp, SERVER_ID,
 };
 use tokio::net::{TcpListener, TcpStream};

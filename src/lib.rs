@@ -6,45 +6,29 @@
 //!
 //! # Layout
 //!
-//! The server, from the wire up:
+//! The folders of `src/` are the architecture:
 //!
-//! - [`protocol`]: the messages of `PROTOCOL.md`, shared with the client.
-//! - [`room`]: the room as pure logic (members, names, history, who is
-//!   sent what); no sockets, no clock.
-//! - [`rate_limit`]: the per-connection token bucket.
-//! - [`http`]: the request head, the upgrade and the plain HTTP answers.
-//! - [`inbound`]: WebSocket messages from a client, parsed in the loop's
-//!   one read buffer.
-//! - [`outqueue`]: output on its way out: the round's batch of shared
-//!   frames, its broadcasts, and each connection's queue.
-//! - [`connection`]: one connection's state machine, from the first byte
-//!   to the close.
-//! - [`timers`]: every connection's next deadline in one heap.
-//! - [`server`]: the event loop and the [`server::Service`] it serves.
-//! - [`chat`]: the chat service: the room behind the loop.
-//! - [`plain`]: the plain-text mode for raw clients.
-//! - [`config`]: every limit and timer, with its default.
+//! - [`evloop`]: the generic event loop. One thread, one `mio::Poll`, a
+//!   slab of connections, WebSocket framing, timers and the write path.
+//!   It serves any [`evloop::server::Service`] and knows nothing of chat.
+//! - [`chat`]: the chat on that loop: the room as pure logic
+//!   ([`chat::room`]), the service that puts it behind the loop
+//!   ([`chat::service`]) and the plain-text mode for raw clients.
+//! - [`proto`]: the wire, shared by the server and every client: the JSON
+//!   messages, the typed commands, the rate limit.
+//! - `client`: the terminal client, `lineclient` (feature `client`).
+//! - `bench`: the load generator, `chatbench` (feature `bench`).
 //!
-//! Beside it: [`client`] (the terminal client, `lineclient`), [`command`]
-//! (typed lines, shared by the client and the plain-text mode), [`bench`](mod@bench)
-//! (the load generator, `chatbench`) and [`testing`] (test doubles).
+//! The library built with `--no-default-features` is the loop, the chat
+//! and the wire alone; each program's feature adds that program's crates.
 
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod chat;
+#[cfg(feature = "client")]
 pub mod client;
-pub mod command;
-pub mod config;
-pub mod connection;
-pub mod http;
-pub mod inbound;
-pub mod outqueue;
-pub mod plain;
-pub mod protocol;
-pub mod rate_limit;
-pub mod room;
-pub mod server;
-pub mod testing;
-pub mod timers;
+pub mod evloop;
+pub mod proto;
 
-pub use config::ServerConfig;
-pub use server::ServerHandle;
+pub use evloop::config::ServerConfig;
+pub use evloop::server::ServerHandle;

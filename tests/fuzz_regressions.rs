@@ -6,9 +6,9 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use miochat::connection::{Connection, Input};
-use miochat::inbound::ReadBuffer;
-use miochat::testing::{client_frame, FakeSocket, UPGRADE};
+use miochat::evloop::connection::{Connection, Input};
+use miochat::evloop::inbound::ReadBuffer;
+use miochat::evloop::testing::{client_frame, FakeSocket, UPGRADE};
 use miochat::ServerConfig;
 
 /// A masked ping frame with `payload`, as a client sends it.

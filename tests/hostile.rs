@@ -10,7 +10,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use miochat::bench::frame;
+use miochat::evloop::testing::encode_frame;
 use miochat::{ServerConfig, ServerHandle};
 use serde_json::Value;
 
@@ -49,9 +49,8 @@ impl RawClient {
     /// Sends one frame with full control over its first byte (FIN, RSV
     /// bits, opcode) and over masking.
     fn send_frame(&mut self, first_byte: u8, payload: &[u8], masked: bool) {
-        let mut frame = Vec::new();
         let mask = masked.then_some([0xa1, 0xb2, 0xc3, 0xd4]);
-        frame::encode(&mut frame, first_byte & 0x0f, payload, mask);
+        let mut frame = encode_frame(first_byte & 0x0f, payload, mask);
         frame[0] = first_byte;
         self.stream.write_all(&frame).unwrap();
     }

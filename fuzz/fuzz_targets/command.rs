@@ -14,9 +14,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use miochat::command::{self, Command};
-use miochat::plain::{self, Line};
-use miochat::protocol::{parse_request, Request};
+use miochat::proto::command::{self, Command};
+use miochat::chat::plain::{self, Line};
+use miochat::proto::protocol::{parse_request, Request};
 
 fuzz_target!(|line: &str| {
     let blank = line.trim().is_empty();

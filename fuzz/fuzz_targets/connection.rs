@@ -40,10 +40,10 @@ use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use miochat::connection::{Connection, Input, Socket};
-use miochat::inbound::ReadBuffer;
-use miochat::outqueue::Batch;
-use miochat::{http, ServerConfig};
+use miochat::evloop::connection::{Connection, Input, Socket};
+use miochat::evloop::inbound::ReadBuffer;
+use miochat::evloop::outqueue::Batch;
+use miochat::{evloop::http, ServerConfig};
 use tungstenite::protocol::frame::coding::{CloseCode, Data};
 
 /// How many inputs `Server::read` takes from one connection per turn.

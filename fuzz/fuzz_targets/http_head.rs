@@ -16,7 +16,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use miochat::http::{parse_head, Head, MAX_HEAD_BYTES};
+use miochat::evloop::http::{parse_head, Head, MAX_HEAD_BYTES};
 
 fuzz_target!(|data: &[u8]| {
     match parse_head(data) {

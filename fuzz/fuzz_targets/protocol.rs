@@ -13,7 +13,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use miochat::protocol::{parse_request, ParseError};
+use miochat::proto::protocol::{parse_request, ParseError};
 
 fuzz_target!(|frame: &str| {
     match parse_request(frame) {

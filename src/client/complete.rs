@@ -13,8 +13,8 @@ use rustyline::hint::Hinter;
 use rustyline::validate::Validator;
 use rustyline::{Context, Helper};
 
-use crate::command::COMMANDS;
-use crate::protocol::name_key;
+use crate::proto::command::COMMANDS;
+use crate::proto::protocol::name_key;
 
 /// The names of the users online, shared between threads.
 #[derive(Debug, Clone, Default)]

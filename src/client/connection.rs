@@ -20,7 +20,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::{Message, WebSocket};
 
-use crate::protocol::ServerMessage;
+use crate::proto::protocol::ServerMessage;
 
 /// The port the server listens on by default (`CLI.md`).
 const DEFAULT_PORT: u16 = 8765;

@@ -25,10 +25,10 @@ use super::connection::NetEvent;
 use super::input::{Input, NAME_QUESTION};
 use super::render::Renderer;
 use super::shortcode;
-use crate::command::{self, Command, HELP};
-use crate::protocol::Request;
-use crate::protocol::{name_key, validate_name, ErrorCode, ServerMessage};
-use crate::rate_limit::TokenBucket;
+use crate::proto::command::{self, Command, HELP};
+use crate::proto::protocol::Request;
+use crate::proto::protocol::{name_key, validate_name, ErrorCode, ServerMessage};
+use crate::proto::rate_limit::TokenBucket;
 
 /// Requests per second the client sends at most: a fifth below the
 /// server's default limit (10 a second, bursts of 20), so that a pasted or

@@ -16,8 +16,8 @@ use rustyline::history::DefaultHistory;
 use rustyline::{CompletionType, Config, Editor, ExternalPrinter};
 
 use super::complete::{ChatHelper, Roster};
-use crate::command::{self, Command};
-use crate::protocol::validate_name;
+use crate::proto::command::{self, Command};
+use crate::proto::protocol::validate_name;
 
 /// The prompt. Short, so the typed line keeps most of the width.
 const PROMPT: &str = "> ";

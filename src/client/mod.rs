@@ -15,7 +15,7 @@
 //!   prints through rustyline's `ExternalPrinter`, which shows a line
 //!   above the prompt and redraws the half-typed line intact.
 //!
-//! Parsing commands (`crate::command`, shared with the server's plain-text
+//! Parsing commands (`crate::proto::command`, shared with the server's plain-text
 //! mode), expanding `:shortcodes:` (`shortcode.rs`), rendering
 //! (`render.rs`) and completing (`complete.rs`) are pure and unit-tested;
 //! requests are the server's own `protocol::Request`, serialized.
@@ -91,7 +91,11 @@ pub fn run(options: Options) -> ExitCode {
         Err(why) => return usage_error(&why),
     };
     let interactive = io::stdin().is_terminal() && io::stdout().is_terminal();
-    if let Some(Err(why)) = options.name.as_deref().map(crate::protocol::validate_name) {
+    if let Some(Err(why)) = options
+        .name
+        .as_deref()
+        .map(crate::proto::protocol::validate_name)
+    {
         return usage_error(&format!("--name: {why}"));
     }
     // See https://no-color.org: set and not empty means no colour.

@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, NaiveDate, TimeZone};
 
-use crate::protocol::{name_key, ChatMessage, ServerMessage, Timestamp};
+use crate::proto::protocol::{name_key, ChatMessage, ServerMessage, Timestamp};
 
 /// Colours for other people's names, picked by a hash of the name so one
 /// person keeps one colour. Blue is left out: it is hard to read on the
@@ -191,7 +191,7 @@ mod tests {
     use chrono::Utc;
 
     use super::*;
-    use crate::protocol::{ChatMessage, ErrorCode};
+    use crate::proto::protocol::{ChatMessage, ErrorCode};
 
     fn ts(text: &str) -> Timestamp {
         Timestamp(

@@ -16,14 +16,16 @@ use std::net::SocketAddr;
 
 use tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::config::ServerConfig;
-use crate::http;
-use crate::outqueue::{Channel, FrameRef};
-use crate::plain::{self, Line};
-use crate::protocol::{parse_request, ErrorCode, ParseError, Request, ServerMessage, Timestamp};
-use crate::rate_limit::TokenBucket;
-use crate::room::{Audience, Delivery, Room, RoomConfig};
-use crate::server::{ConnId, Outbox, ServerHandle, Service};
+use crate::chat::plain::{self, Line};
+use crate::chat::room::{Audience, Delivery, Room, RoomConfig};
+use crate::evloop::config::ServerConfig;
+use crate::evloop::http;
+use crate::evloop::outqueue::{Channel, FrameRef};
+use crate::evloop::server::{ConnId, Outbox, ServerHandle, Service};
+use crate::proto::protocol::{
+    parse_request, ErrorCode, ParseError, Request, ServerMessage, Timestamp,
+};
+use crate::proto::rate_limit::TokenBucket;
 
 /// Requests refused in a row for the rate limit before the connection is
 /// closed with 1008 as a flood. A client that backs off after a few

@@ -22,10 +22,10 @@ use tungstenite::protocol::frame::coding::{CloseCode, Data};
 use tungstenite::protocol::frame::{CloseFrame, Frame};
 use tungstenite::Bytes;
 
-use crate::config::ServerConfig;
-use crate::http::{self, Head};
-use crate::inbound::{Inbound, Next, Payload, ReadBuffer, INVALID_UTF8};
-use crate::outqueue::{Broadcast, Channel, FrameRef, OutQueue};
+use crate::evloop::config::ServerConfig;
+use crate::evloop::http::{self, Head};
+use crate::evloop::inbound::{Inbound, Next, Payload, ReadBuffer, INVALID_UTF8};
+use crate::evloop::outqueue::{Broadcast, Channel, FrameRef, OutQueue};
 
 /// How long a closing connection may take to send its last bytes and see
 /// the peer hang up before the socket is simply dropped. Two seconds lets a
@@ -514,7 +514,7 @@ impl<S: Socket> Connection<S> {
     }
 
     /// Writes queued output; `batch` is the bytes of the round's
-    /// [`Batch`](crate::outqueue::Batch). On a write error the connection is
+    /// [`Batch`](crate::evloop::outqueue::Batch). On a write error the connection is
     /// closed at once: nothing more can reach the peer.
     pub fn flush(&mut self, batch: &[u8]) {
         if self.phase.is_closed() {
@@ -635,9 +635,9 @@ mod tests {
     use tungstenite::protocol::frame::coding::Data;
 
     use super::*;
-    use crate::inbound::ReadBuffer;
-    use crate::outqueue::{Batch, Broadcast};
-    use crate::testing::{client_frame, FakeSocket, UPGRADE};
+    use crate::evloop::inbound::ReadBuffer;
+    use crate::evloop::outqueue::{Batch, Broadcast};
+    use crate::evloop::testing::{client_frame, FakeSocket, UPGRADE};
 
     fn config() -> ServerConfig {
         ServerConfig {

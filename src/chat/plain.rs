@@ -15,8 +15,8 @@
 //! error (name_taken): the name "Bob" is taken
 //! ```
 
-use crate::command::{self, Command};
-use crate::protocol::{Request, ServerMessage, Timestamp};
+use crate::proto::command::{self, Command};
+use crate::proto::protocol::{Request, ServerMessage, Timestamp};
 
 /// The help for `/help`: the line client's command syntax.
 pub const HELP: &str = "\
@@ -116,7 +116,7 @@ pub fn render(message: &ServerMessage) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{ChatMessage, ErrorCode};
+    use crate::proto::protocol::{ChatMessage, ErrorCode};
     use chrono::{DateTime, Utc};
     use std::sync::Arc;
 
@@ -238,7 +238,7 @@ mod tests {
             name: "Eve".into(),
             users: ["Dave", "Eve"].into_iter().collect(),
             history: vec![said],
-            server: crate::protocol::SERVER_ID.into(),
+            server: crate::proto::protocol::SERVER_ID.into(),
         };
         assert_eq!(
             render(&welcome),

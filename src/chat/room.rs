@@ -10,7 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use crate::protocol::{
+use crate::proto::protocol::{
     self, name_key, validate_name, ChatMessage, ErrorCode, Request, ServerMessage, Timestamp,
     UserArray, UserList,
 };

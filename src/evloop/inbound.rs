@@ -492,7 +492,7 @@ fn unmask(payload: &mut [u8], mask: [u8; 4], offset: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{client_frame, FakeSocket};
+    use crate::evloop::testing::{client_frame, FakeSocket};
 
     const TEXT: u8 = 0x1;
     const BINARY: u8 = 0x2;
@@ -585,11 +585,7 @@ mod tests {
 
     #[test]
     fn the_rules_of_rfc_6455() {
-        let unmasked = {
-            let mut frame = Vec::new();
-            crate::bench::frame::encode(&mut frame, TEXT, b"hi", None);
-            frame
-        };
+        let unmasked = crate::evloop::testing::encode_frame(TEXT, b"hi", None);
         let with_bit = |bit: u8| {
             let mut frame = client_frame(TEXT, b"hi");
             frame[0] |= bit;

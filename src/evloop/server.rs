@@ -31,11 +31,11 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use tungstenite::protocol::frame::coding::{CloseCode, Data};
 
-use crate::config::ServerConfig;
-use crate::connection::{Connection, Input, CLOSE_LINGER};
-use crate::inbound::ReadBuffer;
-use crate::outqueue::{Batch, Broadcast, Channel, FrameRef};
-use crate::timers::Timers;
+use crate::evloop::config::ServerConfig;
+use crate::evloop::connection::{Connection, Input, CLOSE_LINGER};
+use crate::evloop::inbound::ReadBuffer;
+use crate::evloop::outqueue::{Batch, Broadcast, Channel, FrameRef};
+use crate::evloop::timers::Timers;
 
 /// Identifies a connection to the service: its slab key. Valid until the
 /// service is told the connection closed.
@@ -94,7 +94,7 @@ pub trait Service {
     fn closed(&mut self, conn: ConnId, out: &mut Outbox<'_>);
 
     /// A plain HTTP `GET` (not an upgrade) for `path`; returns the complete
-    /// response, see [`crate::http::response`]. The connection closes after it.
+    /// response, see [`crate::evloop::http::response`]. The connection closes after it.
     fn http_get(&mut self, path: &str) -> Vec<u8>;
 }
 

@@ -1,5 +1,5 @@
 //! Test doubles shared by the unit tests, the integration tests and anyone
-//! driving a [`Connection`](crate::connection::Connection) without a
+//! driving a [`Connection`](crate::evloop::connection::Connection) without a
 //! network: a scripted non-blocking socket and a client frame encoder.
 //! Nothing in the server uses this module.
 
@@ -7,7 +7,10 @@ use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 
-use crate::connection::Socket;
+use tungstenite::protocol::frame::coding::OpCode;
+use tungstenite::protocol::frame::{Frame, FrameHeader};
+
+use crate::evloop::connection::Socket;
 
 /// A socket that hands out scripted input and takes limited output,
 /// answering `WouldBlock` whenever a real non-blocking socket would.
@@ -70,10 +73,24 @@ impl Socket for FakeSocket {
 /// A valid WebSocket upgrade request (the key of RFC 6455's example).
 pub const UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
-/// A masked client frame, as a browser would send it (encoded by
-/// chatbench's framer, [`crate::bench::frame::encode`]).
+/// A client frame, as a browser would send it: masked with `mask`, or not
+/// at all when it is `None` (which a server must refuse). Encoded by
+/// tungstenite, the crate whose header parser the loop uses, so the test
+/// doubles carry no framer of their own.
+pub fn encode_frame(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let header = FrameHeader {
+        opcode: OpCode::from(opcode),
+        mask,
+        ..FrameHeader::default()
+    };
+    let mut out = Vec::with_capacity(payload.len() + 14);
+    Frame::from_payload(header, payload.to_vec().into())
+        .format(&mut out)
+        .expect("writing to a Vec cannot fail");
+    out
+}
+
+/// A masked client frame with a fixed key, the ordinary case of the tests.
 pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(payload.len() + 14);
-    crate::bench::frame::encode(&mut frame, opcode, payload, Some([0x12, 0x34, 0x56, 0x78]));
-    frame
+    encode_frame(opcode, payload, Some([0x12, 0x34, 0x56, 0x78]))
 }

@@ -1,0 +1,8 @@
+//! The chat on the event loop: the room as pure logic, the service that
+//! puts it behind the loop, and the plain-text mode for raw clients.
+
+pub mod plain;
+pub mod room;
+pub mod service;
+
+pub use service::Chat;
