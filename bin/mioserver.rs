@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use miochat::chat::Chat;
-use miochat::evloop::config::{default_max_connections, ServerConfig};
+use miochat::evloop::config::{default_max_connections, LoopConfig};
 use miochat::evloop::server::Server;
+use miochat::ServerConfig;
 
 /// A real-time chat server on a hand-rolled mio event loop (WebSocket, JSON).
 #[derive(Debug, Parser)]
@@ -98,23 +99,25 @@ fn main() -> ExitCode {
         .init();
 
     let config = ServerConfig {
-        addr: args.addr,
+        net: LoopConfig {
+            addr: args.addr,
+            max_message_bytes: args.max_message_bytes,
+            max_connections: args.max_connections.unwrap_or_else(default_max_connections),
+            max_connections_per_ip: args.max_connections_per_ip,
+            max_outbound_bytes: args.max_outbound_bytes,
+            handshake_timeout: args.handshake_timeout,
+            join_timeout: args.join_timeout,
+            ping_interval: args.ping_interval,
+            ping_timeout: args.ping_timeout,
+        },
         history: args.history,
-        max_message_bytes: args.max_message_bytes,
         max_text_chars: args.max_text_chars,
-        max_connections: args.max_connections.unwrap_or_else(default_max_connections),
-        max_connections_per_ip: args.max_connections_per_ip,
-        max_outbound_bytes: args.max_outbound_bytes,
-        handshake_timeout: args.handshake_timeout,
-        join_timeout: args.join_timeout,
-        ping_interval: args.ping_interval,
-        ping_timeout: args.ping_timeout,
         rate_limit: args.rate_limit,
         rate_burst: args.rate_burst,
     };
     let chat = Chat::new(&config);
-    let max_connections = config.max_connections;
-    let server = match Server::bind(config, chat) {
+    let max_connections = config.net.max_connections;
+    let server = match Server::bind(config.net, chat) {
         Ok(server) => server,
         Err(err) => {
             log::error!("cannot listen on {}: {err}", args.addr);

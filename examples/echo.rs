@@ -10,8 +10,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use miochat::evloop::config::LoopConfig;
 use miochat::evloop::server::{ConnId, Outbox, Server, Service};
-use miochat::ServerConfig;
 
 /// The echo application: no state at all.
 struct Echo;
@@ -44,7 +44,7 @@ fn main() -> std::io::Result<()> {
         .unwrap_or_else(|| "127.0.0.1:9001".to_owned())
         .parse()
         .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidInput, err))?;
-    let config = ServerConfig {
+    let config = LoopConfig {
         addr,
         // Autobahn sends messages of up to 16 MiB and expects them echoed
         // whole, and some cases queue many of them at once.
@@ -52,7 +52,7 @@ fn main() -> std::io::Result<()> {
         max_outbound_bytes: 256 << 20,
         // The suite takes its time between cases; no keepalive pressure.
         ping_interval: Duration::from_secs(600),
-        ..ServerConfig::default()
+        ..LoopConfig::default()
     };
     let server = Server::bind(config, Echo)?;
     println!("echo server on ws://{}/", server.local_addr());

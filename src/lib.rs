@@ -30,5 +30,5 @@ pub mod client;
 pub mod evloop;
 pub mod proto;
 
-pub use evloop::config::ServerConfig;
+pub use chat::config::ServerConfig;
 pub use evloop::server::ServerHandle;

@@ -81,7 +81,10 @@ fn hundreds_of_slowloris_sockets_neither_slow_others_nor_stay() {
     // loaded machine running the other tests in parallel.
     let timeout = Duration::from_secs(4);
     let server = start(miochat::ServerConfig {
-        handshake_timeout: timeout,
+        net: miochat::evloop::config::LoopConfig {
+            handshake_timeout: timeout,
+            ..config().net
+        },
         ..config()
     });
     let addr = server.addr();

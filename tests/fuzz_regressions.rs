@@ -6,10 +6,10 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use miochat::evloop::config::LoopConfig;
 use miochat::evloop::connection::{Connection, Input};
 use miochat::evloop::inbound::ReadBuffer;
 use miochat::evloop::testing::{client_frame, FakeSocket, UPGRADE};
-use miochat::ServerConfig;
 
 /// A masked ping frame with `payload`, as a client sends it.
 fn ping(payload: &[u8]) -> Vec<u8> {
@@ -18,7 +18,7 @@ fn ping(payload: &[u8]) -> Vec<u8> {
 
 /// Upgrades, then reads pings while the socket takes nothing, until the
 /// connection gives up on the client; then lets everything out.
-fn never_reading_client(config: &ServerConfig, pings: usize) -> Vec<u8> {
+fn never_reading_client(config: &LoopConfig, pings: usize) -> Vec<u8> {
     let now = Instant::now();
     let mut input = VecDeque::from([UPGRADE.to_vec()]);
     input.extend((0..pings).map(|_| ping(&[b'p'; 100])));
@@ -53,9 +53,9 @@ fn never_reading_client(config: &ServerConfig, pings: usize) -> Vec<u8> {
 /// included, so the client's first bytes were a close frame, not HTTP.
 #[test]
 fn a_bound_below_the_101_response_still_sends_it_first() {
-    let config = ServerConfig {
+    let config = LoopConfig {
         max_outbound_bytes: 128,
-        ..ServerConfig::default()
+        ..LoopConfig::default()
     };
     let written = never_reading_client(&config, 1);
     assert!(
@@ -73,9 +73,9 @@ fn a_bound_below_the_101_response_still_sends_it_first() {
 /// pongs are dropped when it is closed as too slow; the `101` must not be.
 #[test]
 fn a_ping_flood_before_reading_the_101_keeps_it() {
-    let config = ServerConfig {
+    let config = LoopConfig {
         max_outbound_bytes: 1000,
-        ..ServerConfig::default()
+        ..LoopConfig::default()
     };
     let written = never_reading_client(&config, 50);
     assert!(written.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));

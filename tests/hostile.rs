@@ -10,6 +10,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use miochat::evloop::config::LoopConfig;
 use miochat::evloop::testing::encode_frame;
 use miochat::{ServerConfig, ServerHandle};
 use serde_json::Value;
@@ -156,8 +157,11 @@ struct Scene {
 impl Scene {
     fn new() -> Scene {
         let server = ServerHandle::start(ServerConfig {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            max_message_bytes: 1024,
+            net: LoopConfig {
+                addr: "127.0.0.1:0".parse().unwrap(),
+                max_message_bytes: 1024,
+                ..LoopConfig::default()
+            },
             ..ServerConfig::default()
         })
         .unwrap();

@@ -11,6 +11,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use miochat::evloop::config::LoopConfig;
 use miochat::{ServerConfig, ServerHandle};
 
 /// How long any one expected line may take: generous, for a loaded CI
@@ -24,7 +25,10 @@ fn server() -> ServerHandle {
 
 fn server_on(addr: SocketAddr) -> ServerHandle {
     ServerHandle::start(ServerConfig {
-        addr,
+        net: LoopConfig {
+            addr,
+            ..LoopConfig::default()
+        },
         ..Default::default()
     })
     .expect("the server starts")

@@ -6,6 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{config, join_all, start, stop, untimed};
+use miochat::evloop::config::LoopConfig;
 use miochat::ServerConfig;
 use serde_json::json;
 use tungstenite::Message;
@@ -15,8 +16,11 @@ const PING_TIMEOUT: Duration = Duration::from_millis(200);
 
 fn keepalive_config() -> ServerConfig {
     ServerConfig {
-        ping_interval: PING_INTERVAL,
-        ping_timeout: PING_TIMEOUT,
+        net: LoopConfig {
+            ping_interval: PING_INTERVAL,
+            ping_timeout: PING_TIMEOUT,
+            ..config().net
+        },
         ..config()
     }
 }

@@ -8,6 +8,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use common::{assert_dropped, config, http, join_all, start, stop, tcp, untimed, Client, UPGRADE};
+use miochat::evloop::config::LoopConfig;
 use miochat::ServerConfig;
 use serde_json::{json, Value};
 use tungstenite::Message;
@@ -57,7 +58,10 @@ fn a_message_of_64_kib_is_accepted_and_one_byte_more_closed_with_1009() {
 fn max_message_bytes_sets_the_message_limit() {
     let limit = 1000;
     let config = ServerConfig {
-        max_message_bytes: limit,
+        net: LoopConfig {
+            max_message_bytes: limit,
+            ..config().net
+        },
         ..config()
     };
     assert_message_limit(config, limit);
@@ -67,7 +71,10 @@ fn max_message_bytes_sets_the_message_limit() {
 fn no_successful_join_within_the_join_timeout_closes_with_1008() {
     let join_timeout = Duration::from_millis(300);
     let server = start(ServerConfig {
-        join_timeout,
+        net: LoopConfig {
+            join_timeout,
+            ..config().net
+        },
         ..config()
     });
     let [mut bob] = join_all(server.addr(), ["bob"]);
@@ -101,7 +108,10 @@ fn shutdown_closes_every_client_with_1001() {
 #[test]
 fn a_client_too_slow_to_keep_up_is_closed_with_1013() {
     let server = start(ServerConfig {
-        max_outbound_bytes: 256 * 1024,
+        net: LoopConfig {
+            max_outbound_bytes: 256 * 1024,
+            ..config().net
+        },
         max_text_chars: 60_000,
         rate_limit: 0.0,
         ..config()
@@ -210,7 +220,10 @@ fn bad_upgrade_requests_are_refused_with_their_status() {
 fn an_incomplete_handshake_is_dropped_after_the_handshake_timeout() {
     let handshake_timeout = Duration::from_millis(300);
     let server = start(ServerConfig {
-        handshake_timeout,
+        net: LoopConfig {
+            handshake_timeout,
+            ..config().net
+        },
         ..config()
     });
     let started = Instant::now();
@@ -239,7 +252,10 @@ fn assert_third_connection_dropped(config: ServerConfig) {
 #[test]
 fn connections_beyond_the_per_ip_limit_are_dropped() {
     assert_third_connection_dropped(ServerConfig {
-        max_connections_per_ip: 2,
+        net: LoopConfig {
+            max_connections_per_ip: 2,
+            ..config().net
+        },
         ..config()
     });
 }
@@ -247,7 +263,10 @@ fn connections_beyond_the_per_ip_limit_are_dropped() {
 #[test]
 fn connections_beyond_max_connections_are_dropped() {
     assert_third_connection_dropped(ServerConfig {
-        max_connections: 2,
+        net: LoopConfig {
+            max_connections: 2,
+            ..config().net
+        },
         ..config()
     });
 }

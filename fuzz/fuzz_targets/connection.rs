@@ -43,7 +43,7 @@ use libfuzzer_sys::fuzz_target;
 use miochat::evloop::connection::{Connection, Input, Socket};
 use miochat::evloop::inbound::ReadBuffer;
 use miochat::evloop::outqueue::Batch;
-use miochat::{evloop::http, ServerConfig};
+use miochat::evloop::{config::LoopConfig, http};
 use tungstenite::protocol::frame::coding::{CloseCode, Data};
 
 /// How many inputs `Server::read` takes from one connection per turn.
@@ -193,7 +193,7 @@ struct App {
 /// One simulated connection: the socket, the clock and the application.
 struct Run<'a> {
     conn: Connection<FakeSocket<'a>>,
-    config: ServerConfig,
+    config: LoopConfig,
     /// The event loop's shared read buffer.
     buffer: ReadBuffer,
     now: Instant,
@@ -318,10 +318,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let (header, stream) = data.split_at(HEADER);
-    let config = ServerConfig {
+    let config = LoopConfig {
         max_outbound_bytes: 64 << (header[0] % 12),
         max_message_bytes: 16 << (header[1] % 14),
-        ..ServerConfig::default()
+        ..LoopConfig::default()
     };
     let end = match header[2] & 3 {
         0 => End::Silent,

@@ -16,9 +16,9 @@ use std::net::SocketAddr;
 
 use tungstenite::protocol::frame::coding::CloseCode;
 
+use crate::chat::config::ServerConfig;
 use crate::chat::plain::{self, Line};
 use crate::chat::room::{Audience, Delivery, Room, RoomConfig};
-use crate::evloop::config::ServerConfig;
 use crate::evloop::http;
 use crate::evloop::outqueue::{Channel, FrameRef};
 use crate::evloop::server::{ConnId, Outbox, ServerHandle, Service};
@@ -328,6 +328,6 @@ impl ServerHandle {
     /// Starts a chat server per `config` on its own thread.
     pub fn start(config: ServerConfig) -> io::Result<ServerHandle> {
         let chat = Chat::new(&config);
-        ServerHandle::spawn(config, chat)
+        ServerHandle::spawn(config.net, chat)
     }
 }

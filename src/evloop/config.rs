@@ -1,23 +1,19 @@
-//! Every limit and timer of the server, with the defaults of
-//! `../shared/CLI.md`. The command line fills this in; tests build it directly
-//! with short timers.
+//! The event loop's limits and timers, with their defaults. They concern
+//! sockets, frames and deadlines only; the chat's own settings are in
+//! `chat::config`, which embeds these. The command line fills them in;
+//! tests build them directly with short timers.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// The server's settings. Each field is one flag of `mioserver`.
+/// The loop's settings. Each field is one flag of `mioserver`.
 #[derive(Debug, Clone)]
-pub struct ServerConfig {
+pub struct LoopConfig {
     /// Where to listen. Port 0 picks a free port (tests use that).
     pub addr: SocketAddr,
-    /// Public messages kept and sent on join (`--history`).
-    pub history: usize,
     /// Largest WebSocket message accepted; above it the connection is closed
     /// with 1009 (`--max-message-bytes`).
     pub max_message_bytes: usize,
-    /// Longest chat `text` in characters; above it `error` `too_long`
-    /// (`--max-text-chars`).
-    pub max_text_chars: usize,
     /// Sockets held at once; beyond it new ones are dropped at accept
     /// (`--max-connections`).
     pub max_connections: usize,
@@ -38,21 +34,13 @@ pub struct ServerConfig {
     /// Time after a ping without any frame before the server gives up on the
     /// client (`--ping-timeout`).
     pub ping_timeout: Duration,
-    /// Requests per second one connection may sustain; 0 turns limiting off
-    /// (`--rate-limit`).
-    pub rate_limit: f64,
-    /// Requests a connection may send at once before the limit applies
-    /// (`--rate-burst`).
-    pub rate_burst: u32,
 }
 
-impl Default for ServerConfig {
+impl Default for LoopConfig {
     fn default() -> Self {
-        ServerConfig {
+        LoopConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 8765)),
-            history: 100,
             max_message_bytes: 64 * 1024,
-            max_text_chars: 4000,
             max_connections: default_max_connections(),
             max_connections_per_ip: 0,
             max_outbound_bytes: 1024 * 1024,
@@ -60,8 +48,6 @@ impl Default for ServerConfig {
             join_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(30),
             ping_timeout: Duration::from_secs(30),
-            rate_limit: 10.0,
-            rate_burst: 20,
         }
     }
 }

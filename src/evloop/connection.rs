@@ -22,7 +22,7 @@ use tungstenite::protocol::frame::coding::{CloseCode, Data};
 use tungstenite::protocol::frame::{CloseFrame, Frame};
 use tungstenite::Bytes;
 
-use crate::evloop::config::ServerConfig;
+use crate::evloop::config::LoopConfig;
 use crate::evloop::http::{self, Head};
 use crate::evloop::inbound::{Inbound, Next, Payload, ReadBuffer, INVALID_UTF8};
 use crate::evloop::outqueue::{Broadcast, Channel, FrameRef, OutQueue};
@@ -192,7 +192,7 @@ impl<S: Socket> Connection<S> {
     pub fn poll_input<'b>(
         &mut self,
         now: Instant,
-        config: &ServerConfig,
+        config: &LoopConfig,
         buffer: &'b mut ReadBuffer,
     ) -> Input<'b> {
         match self.phase {
@@ -232,7 +232,7 @@ impl<S: Socket> Connection<S> {
     fn read_head(
         &mut self,
         now: Instant,
-        config: &ServerConfig,
+        config: &LoopConfig,
         buffer: &mut ReadBuffer,
     ) -> Input<'static> {
         let Phase::Handshake { head } = &mut self.phase else {
@@ -285,7 +285,7 @@ impl<S: Socket> Connection<S> {
     fn read_frames<'b>(
         &mut self,
         now: Instant,
-        config: &ServerConfig,
+        config: &LoopConfig,
         buffer: &'b mut ReadBuffer,
     ) -> Input<'b> {
         if self.out.len() > config.max_outbound_bytes {
@@ -550,7 +550,7 @@ impl<S: Socket> Connection<S> {
     }
 
     /// Handles whatever deadline has passed at `now`.
-    pub fn on_deadline(&mut self, now: Instant, config: &ServerConfig) {
+    pub fn on_deadline(&mut self, now: Instant, config: &LoopConfig) {
         match self.phase {
             Phase::Handshake { .. } if now >= self.accepted_at + config.handshake_timeout => {
                 log::debug!("{}: handshake timeout", self.peer);
@@ -581,7 +581,7 @@ impl<S: Socket> Connection<S> {
     }
 
     /// The next instant [`on_deadline`](Self::on_deadline) has work to do.
-    pub fn next_deadline(&self, config: &ServerConfig) -> Option<Instant> {
+    pub fn next_deadline(&self, config: &LoopConfig) -> Option<Instant> {
         match self.phase {
             Phase::Handshake { .. } => Some(self.accepted_at + config.handshake_timeout),
             Phase::Open { .. } => {
@@ -639,10 +639,10 @@ mod tests {
     use crate::evloop::outqueue::{Batch, Broadcast};
     use crate::evloop::testing::{client_frame, FakeSocket, UPGRADE};
 
-    fn config() -> ServerConfig {
-        ServerConfig {
+    fn config() -> LoopConfig {
+        LoopConfig {
             max_message_bytes: 1000,
-            ..ServerConfig::default()
+            ..LoopConfig::default()
         }
     }
 
@@ -916,7 +916,7 @@ mod tests {
     fn a_ping_flood_that_never_reads_its_pongs_is_closed_with_1013() {
         let mut buffer = ReadBuffer::default();
         let now = Instant::now();
-        let config = ServerConfig {
+        let config = LoopConfig {
             max_outbound_bytes: 1000,
             ..config()
         };

@@ -31,7 +31,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use tungstenite::protocol::frame::coding::{CloseCode, Data};
 
-use crate::evloop::config::ServerConfig;
+use crate::evloop::config::LoopConfig;
 use crate::evloop::connection::{Connection, Input, CLOSE_LINGER};
 use crate::evloop::inbound::ReadBuffer;
 use crate::evloop::outqueue::{Batch, Broadcast, Channel, FrameRef};
@@ -265,7 +265,7 @@ pub struct Server<S> {
     /// The application.
     service: S,
     /// Limits and timers.
-    config: ServerConfig,
+    config: LoopConfig,
     /// Shared with [`Shutdown`] handles.
     shutdown: Shutdown,
     /// When a graceful shutdown gives up waiting for clients.
@@ -294,7 +294,7 @@ pub struct Server<S> {
 
 impl<S: Service> Server<S> {
     /// Binds the listening socket and prepares the loop; [`run`](Self::run) starts it.
-    pub fn bind(config: ServerConfig, service: S) -> io::Result<Self> {
+    pub fn bind(config: LoopConfig, service: S) -> io::Result<Self> {
         let poll = Poll::new()?;
         let mut listener = listen(config.addr)?;
         let local_addr = listener.local_addr()?;
@@ -726,10 +726,7 @@ impl ServerHandle {
     /// The server is bound on the thread that runs it; the address (or the
     /// error from binding) and the shutdown handle are sent back before
     /// the loop starts.
-    pub fn spawn<S: Service + Send + 'static>(
-        config: ServerConfig,
-        service: S,
-    ) -> io::Result<Self> {
+    pub fn spawn<S: Service + Send + 'static>(config: LoopConfig, service: S) -> io::Result<Self> {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("mioserver".into())

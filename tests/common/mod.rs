@@ -14,6 +14,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use miochat::evloop::config::LoopConfig;
 use miochat::{ServerConfig, ServerHandle};
 use serde_json::{json, Value};
 use tungstenite::{Message, WebSocket};
@@ -24,7 +25,10 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 /// The default settings (those of the protocol), on a free port of 127.0.0.1.
 pub fn config() -> ServerConfig {
     ServerConfig {
-        addr: "127.0.0.1:0".parse().unwrap(),
+        net: LoopConfig {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            ..LoopConfig::default()
+        },
         ..ServerConfig::default()
     }
 }

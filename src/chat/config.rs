@@ -1,0 +1,36 @@
+//! The chat server's settings: the loop's own ([`LoopConfig`]) and the
+//! chat's, with their defaults. The command line fills them in; tests build
+//! them directly.
+
+use crate::evloop::config::LoopConfig;
+
+/// Everything a chat server is started with. Each field is one flag of
+/// `mioserver`, except `net`, which holds the loop's flags.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The event loop's limits and timers: address, sizes, deadlines.
+    pub net: LoopConfig,
+    /// Public messages kept and sent on join (`--history`).
+    pub history: usize,
+    /// Longest chat `text` in characters; above it `error` `too_long`
+    /// (`--max-text-chars`).
+    pub max_text_chars: usize,
+    /// Requests per second one connection may sustain; 0 turns limiting off
+    /// (`--rate-limit`).
+    pub rate_limit: f64,
+    /// Requests a connection may send at once before the limit applies
+    /// (`--rate-burst`).
+    pub rate_burst: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            net: LoopConfig::default(),
+            history: 100,
+            max_text_chars: 4000,
+            rate_limit: 10.0,
+            rate_burst: 20,
+        }
+    }
+}
