@@ -22,6 +22,9 @@ struct Args {
     /// Public messages kept and sent on join.
     #[arg(long, value_name = "N", default_value_t = 100)]
     history: usize,
+    /// Most messages sent on a resume with since.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    max_resume: usize,
     /// Largest WebSocket message accepted (close 1009 above).
     #[arg(long, value_name = "N", default_value_t = 65536)]
     max_message_bytes: usize,
@@ -112,6 +115,7 @@ fn main() -> ExitCode {
         },
         history: args.history,
         max_text_chars: args.max_text_chars,
+        max_resume: args.max_resume,
         rate_limit: args.rate_limit,
         rate_burst: args.rate_burst,
     };

@@ -82,7 +82,7 @@ impl Room {
         };
         let Some(me) = self.members.get(&conn).map(|m| m.name.clone()) else {
             return match request {
-                Request::Join { name, since } => self.join(conn, pending, name, since),
+                Request::Join { name, since, .. } => self.join(conn, pending, name, since),
                 _ => self.reply(conn, pending, not(ErrorCode::NotJoined, "join first")),
             };
         };
@@ -92,7 +92,7 @@ impl Room {
                 pending,
                 not(ErrorCode::AlreadyJoined, "already joined"),
             ),
-            Request::Say { text } => {
+            Request::Say { text, cid } => {
                 if let Err(code) = protocol::check_text(&text, MAX_TEXT_CHARS) {
                     return self.reply(conn, pending, not(code, "text refused"));
                 }
@@ -102,6 +102,7 @@ impl Room {
                     ts: Timestamp::now(),
                     from: me,
                     text,
+                    cid,
                 });
                 if self.history.len() == HISTORY {
                     self.history.pop_front();
@@ -109,7 +110,7 @@ impl Room {
                 self.history.push_back(message.clone());
                 self.broadcast(&ServerMessage::Message(message), None);
             }
-            Request::Dm { to, text } => {
+            Request::Dm { to, text, cid } => {
                 if let Err(code) = protocol::check_text(&text, MAX_TEXT_CHARS) {
                     return self.reply(conn, pending, not(code, "text refused"));
                 }
@@ -123,12 +124,23 @@ impl Room {
                     from: me,
                     to: self.members[&target].name.clone(),
                     text,
+                    cid,
                 };
                 let json = Utf8Bytes::from(dm.to_json());
                 self.send(target, json.clone());
                 if target != conn {
                     self.send(conn, json);
                 }
+            }
+            Request::History { before, limit } => {
+                let mut messages: Vec<_> = self
+                    .history
+                    .iter()
+                    .filter(|m| before.is_none_or(|before| m.id < before))
+                    .cloned()
+                    .collect();
+                messages.drain(..messages.len().saturating_sub(limit));
+                self.reply(conn, pending, ServerMessage::History { messages });
             }
             Request::Who => {
                 let users = self.members.values().map(|m| m.name.clone()).collect();
@@ -186,6 +198,8 @@ impl Room {
             users: self.members.values().map(|m| m.name.clone()).collect(),
             history,
             server: SERVER_ID.replace("mioserver", "tokio-baseline"),
+            epoch: "tokio-baseline".into(),
+            recovered: None,
         };
         self.send(conn, Utf8Bytes::from(welcome.to_json()));
         let joined = ServerMessage::Joined {

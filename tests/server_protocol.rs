@@ -12,8 +12,11 @@ fn welcome_joined_and_users_have_the_documented_shapes() {
     let server = start(config());
     let (mut alice, mut welcome) = Client::join(server.addr(), "alice");
     common::sorted_users(&mut welcome);
+    // The epoch names this server's history; it is the same for everyone.
+    let epoch = welcome["epoch"].clone();
+    assert!(epoch.as_str().is_some_and(|epoch| !epoch.is_empty()));
     let expected = json!({"type": "welcome", "name": "alice", "users": ["alice"],
-        "history": [], "server": "mioserver/0.1.0"});
+        "history": [], "server": "mioserver/0.1.0", "epoch": epoch});
     assert_eq!(welcome, expected);
 
     // Unknown fields are ignored.
@@ -22,7 +25,7 @@ fn welcome_joined_and_users_have_the_documented_shapes() {
     let mut welcome = bob.recv();
     common::sorted_users(&mut welcome);
     let expected = json!({"type": "welcome", "name": "bob", "users": ["alice", "bob"],
-        "history": [], "server": "mioserver/0.1.0"});
+        "history": [], "server": "mioserver/0.1.0", "epoch": epoch});
     assert_eq!(welcome, expected);
     let joined = json!({"type": "joined", "name": "bob", "online": 2});
     assert_eq!(untimed(alice.recv()), joined);

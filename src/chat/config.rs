@@ -15,6 +15,9 @@ pub struct ServerConfig {
     /// Longest chat `text` in characters; above it `error` `too_long`
     /// (`--max-text-chars`).
     pub max_text_chars: usize,
+    /// The most messages a resume (`join` with `since`) sends
+    /// (`--max-resume`).
+    pub max_resume: usize,
     /// Requests per second one connection may sustain; 0 turns limiting off
     /// (`--rate-limit`).
     pub rate_limit: f64,
@@ -29,6 +32,7 @@ impl Default for ServerConfig {
             net: LoopConfig::default(),
             history: 100,
             max_text_chars: 4000,
+            max_resume: 1000,
             rate_limit: 10.0,
             rate_burst: 20,
         }

@@ -49,12 +49,17 @@ pub fn interpret(joined: bool, line: &str) -> Line {
         return Line::Request(Request::Join {
             name: name.to_owned(),
             since: None,
+            epoch: None,
         });
     }
     match command::parse(line) {
         None => Line::Blank,
-        Some(Command::Say(text)) => Line::Request(Request::Say { text }),
-        Some(Command::Dm { to, text }) => Line::Request(Request::Dm { to, text }),
+        Some(Command::Say(text)) => Line::Request(Request::Say { text, cid: None }),
+        Some(Command::Dm { to, text }) => Line::Request(Request::Dm {
+            to,
+            text,
+            cid: None,
+        }),
         Some(Command::Who) => Line::Request(Request::Who),
         Some(Command::Nick(name)) => Line::Request(Request::Nick { name }),
         Some(Command::Help) => Line::Reply(HELP.to_owned()),
@@ -93,6 +98,10 @@ pub fn render(message: &ServerMessage) -> Vec<String> {
             lines
         }
         ServerMessage::Message(m) => vec![format!("{} {}: {}", clock(&m.ts), m.from, m.text)],
+        ServerMessage::History { messages } => messages
+            .iter()
+            .map(|m| format!("{} {}: {}", clock(&m.ts), m.from, m.text))
+            .collect(),
         ServerMessage::Dm {
             ts, from, to, text, ..
         } => vec![format!("{} (dm) {from} -> {to}: {text}", clock(ts))],
@@ -109,7 +118,7 @@ pub fn render(message: &ServerMessage) -> Vec<String> {
             let users = users.names();
             vec![format!("online ({}): {}", users.len(), users.join(", "))]
         }
-        ServerMessage::Error { code, message } => vec![format!("error ({code}): {message}")],
+        ServerMessage::Error { code, message, .. } => vec![format!("error ({code}): {message}")],
     }
 }
 
@@ -118,6 +127,9 @@ mod tests {
     use super::*;
     use crate::proto::protocol::{ChatMessage, ErrorCode};
     use chrono::{DateTime, Utc};
+
+    /// The epoch of the test welcomes.
+    const EPOCH: &str = "test-epoch";
     use std::sync::Arc;
 
     fn at(text: &str) -> Timestamp {
@@ -134,19 +146,22 @@ mod tests {
             interpret(false, " Dave\r\n"),
             Line::Request(Request::Join {
                 name: "Dave".into(),
-                since: None
+                since: None,
+                epoch: None,
             })
         );
         assert_eq!(interpret(false, "  "), Line::Blank);
         assert_eq!(
             interpret(true, "hello"),
             Line::Request(Request::Say {
-                text: "hello".into()
+                text: "hello".into(),
+                cid: None,
             })
         );
         let dm = Line::Request(Request::Dm {
             to: "Bob".into(),
             text: "psst".into(),
+            cid: None,
         });
         for line in [
             "dm Bob psst",
@@ -180,6 +195,7 @@ mod tests {
             ts: at("2026-11-25T08:00:00Z"),
             from: "Dave".into(),
             text: "hello 😀".into(),
+            cid: None,
         });
         let cases = [
             (
@@ -193,6 +209,7 @@ mod tests {
                     from: "Dave".into(),
                     to: "Bob".into(),
                     text: "psst".into(),
+                    cid: None,
                 },
                 "[08:00:05] (dm) Dave -> Bob: psst",
             ),
@@ -239,6 +256,8 @@ mod tests {
             users: ["Dave", "Eve"].into_iter().collect(),
             history: vec![said],
             server: crate::proto::protocol::SERVER_ID.into(),
+            epoch: EPOCH.into(),
+            recovered: None,
         };
         assert_eq!(
             render(&welcome),

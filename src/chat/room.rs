@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::proto::protocol::{
-    self, name_key, validate_name, ChatMessage, ErrorCode, Request, ServerMessage, Timestamp,
+    self, name_key, validate_name, ChatMessage, Cid, ErrorCode, Request, ServerMessage, Timestamp,
     UserArray, UserList,
 };
 
@@ -26,6 +26,18 @@ const DEFAULT_HISTORY_LEN: usize = 100;
 /// long paragraph but not a pasted file.
 const DEFAULT_MAX_TEXT_CHARS: usize = 4000;
 
+/// The most messages a resume sends: the default of `--max-resume`, a few
+/// screens of scrollback; a client that missed more pages back with
+/// `history`.
+const DEFAULT_MAX_RESUME: usize = 1000;
+
+/// How many accepted `cid`s the room remembers, for public messages and
+/// DMs each. A client resends what it has no acknowledgement for as soon
+/// as it is back, so a resend looks only a few thousand messages back;
+/// 65 536 entries cost a few MiB at most. (The durable store remembers
+/// public `cid`s for longer.)
+const CID_MEMORY: usize = 65_536;
+
 /// The room's limits; the server fills them in from its command-line flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RoomConfig {
@@ -34,6 +46,9 @@ pub struct RoomConfig {
     pub history_len: usize,
     /// The longest `text` of a `say` or `dm`, in characters.
     pub max_text_chars: usize,
+    /// The most messages a resume (`join` with `since`) sends before it
+    /// gives up and answers `recovered: false`.
+    pub max_resume: usize,
 }
 
 impl Default for RoomConfig {
@@ -41,6 +56,7 @@ impl Default for RoomConfig {
         RoomConfig {
             history_len: DEFAULT_HISTORY_LEN,
             max_text_chars: DEFAULT_MAX_TEXT_CHARS,
+            max_resume: DEFAULT_MAX_RESUME,
         }
     }
 }
@@ -85,9 +101,20 @@ pub struct Room {
     /// `config.history_len` of them. Each is shared with the `message` that
     /// announced it and with every `welcome`, so its text is stored once.
     history: VecDeque<Arc<ChatMessage>>,
+    /// The newest id that has left `history` (0 while nothing has): a
+    /// resume from an older `since` cannot be complete.
+    dropped_through: u64,
     /// The id the next `message` or `dm` gets. It starts at 1, so that
     /// `since: 0` asks for everything kept.
     next_id: u64,
+    /// Names this room's history in `welcome`; a resume from another epoch
+    /// cannot trust its `since`.
+    epoch: String,
+    /// Public messages by the `cid` they were sent with, so that a resent
+    /// `say` is acknowledged instead of posted twice.
+    said: Recent<Arc<ChatMessage>>,
+    /// DMs by `cid`, for the same reason (the `dm` as it was sent).
+    dms: Recent<ServerMessage>,
     /// The `users` of the next `welcome` or `who`, kept serialized: a join
     /// appends to it; a leave or a rename drops it, to be rebuilt when next
     /// asked for. `None` when dropped.
@@ -95,16 +122,25 @@ pub struct Room {
 }
 
 impl Room {
-    /// An empty room.
-    pub fn new(config: RoomConfig) -> Room {
+    /// An empty room whose history is called `epoch`.
+    pub fn new(config: RoomConfig, epoch: String) -> Room {
         Room {
             config,
             names: HashMap::new(),
             by_key: HashMap::new(),
             history: VecDeque::new(),
+            dropped_through: 0,
             next_id: 1,
+            epoch,
+            said: Recent::default(),
+            dms: Recent::default(),
             users: None,
         }
+    }
+
+    /// The name of this room's history, as `welcome` carries it.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
     }
 
     /// Handles one parsed request from `user` at time `now`, appending what must be sent to `out`.
@@ -119,15 +155,19 @@ impl Room {
         now: Timestamp,
         out: &mut Vec<Delivery>,
     ) {
+        let cid = match &request {
+            Request::Say { cid, .. } | Request::Dm { cid, .. } => cid.clone(),
+            _ => None,
+        };
         let outcome = match request {
-            Request::Join { name, since } => self.join(user, name, since, now, out),
+            Request::Join { name, since, epoch } => self.join(user, name, since, epoch, now, out),
             // Every arm below relies on this one: only joined users pass.
             _ if !self.is_joined(user) => Err(ServerMessage::error(
                 ErrorCode::NotJoined,
                 "join the room with a name first",
             )),
-            Request::Say { text } => self.say(user, text, now, out),
-            Request::Dm { to, text } => self.dm(user, &to, text, now, out),
+            Request::Say { text, cid } => self.say(user, text, cid, now, out),
+            Request::Dm { to, text, cid } => self.dm(user, &to, text, cid, now, out),
             Request::Who => {
                 out.push(Delivery {
                     to: Audience::One(user),
@@ -138,8 +178,22 @@ impl Room {
                 Ok(())
             }
             Request::Nick { name } => self.nick(user, name, now, out),
+            Request::History { before, limit } => {
+                out.push(Delivery {
+                    to: Audience::One(user),
+                    message: ServerMessage::History {
+                        messages: self.page(before, limit),
+                    },
+                });
+                Ok(())
+            }
         };
-        if let Err(error) = outcome {
+        if let Err(mut error) = outcome {
+            // An error answering a request with a `cid` carries it, so the
+            // client knows which message was refused.
+            if let ServerMessage::Error { cid: slot, .. } = &mut error {
+                *slot = cid;
+            }
             out.push(Delivery {
                 to: Audience::One(user),
                 message: error,
@@ -189,6 +243,40 @@ impl Room {
         self.next_id
     }
 
+    /// At most `limit` kept public messages with ids below `before` (below
+    /// every id when `None`), oldest first: a page of `history`.
+    pub fn page(&self, before: Option<u64>, limit: usize) -> Vec<Arc<ChatMessage>> {
+        let end = before.map_or(self.history.len(), |before| {
+            self.history.partition_point(|message| message.id < before)
+        });
+        let start = end.saturating_sub(limit);
+        self.history.range(start..end).cloned().collect()
+    }
+
+    /// What a `welcome` carries as `history` and `recovered`: everything
+    /// after `since` when that is complete, else the latest messages.
+    fn resume(
+        &self,
+        since: Option<u64>,
+        epoch: Option<&str>,
+    ) -> (Vec<Arc<ChatMessage>>, Option<bool>) {
+        let latest = || self.history.iter().cloned().collect();
+        let Some(since) = since else {
+            return (latest(), None);
+        };
+        // History is in id order, so the messages a resuming client
+        // already has are a prefix.
+        let after = self.history.partition_point(|message| message.id <= since);
+        let complete = epoch.is_none_or(|epoch| epoch == self.epoch)
+            && since >= self.dropped_through
+            && self.history.len() - after <= self.config.max_resume;
+        if complete {
+            (self.history.range(after..).cloned().collect(), Some(true))
+        } else {
+            (latest(), Some(false))
+        }
+    }
+
     /// The names of all joined users, for `welcome` and `users`.
     fn user_list(&mut self) -> UserList {
         let names = &self.names;
@@ -208,6 +296,7 @@ impl Room {
         user: UserId,
         name: String,
         since: Option<u64>,
+        epoch: Option<String>,
         now: Timestamp,
         out: &mut Vec<Delivery>,
     ) -> Result<(), ServerMessage> {
@@ -223,18 +312,16 @@ impl Room {
         if let Some(users) = &mut self.users {
             users.push(&name);
         }
-        // History is in id order, so the messages a resuming client already
-        // has are a prefix; an old `since` skips nothing.
-        let skip = since.map_or(0, |since| {
-            self.history.partition_point(|message| message.id <= since)
-        });
+        let (history, recovered) = self.resume(since, epoch.as_deref());
         out.push(Delivery {
             to: Audience::One(user),
             message: ServerMessage::Welcome {
                 name: name.clone(),
                 users: self.user_list(),
-                history: self.history.range(skip..).cloned().collect(),
+                history,
                 server: protocol::SERVER_ID.to_owned(),
+                epoch: self.epoch.clone(),
+                recovered,
             },
         });
         out.push(Delivery {
@@ -248,26 +335,41 @@ impl Room {
         Ok(())
     }
 
-    /// A `say`: a `message` to everyone, kept in history.
+    /// A `say`: a `message` to everyone, kept in history. A `cid` seen
+    /// before is acknowledged to the sender alone with the stored message.
     fn say(
         &mut self,
         user: UserId,
         text: String,
+        cid: Option<Cid>,
         now: Timestamp,
         out: &mut Vec<Delivery>,
     ) -> Result<(), ServerMessage> {
+        if let Some(stored) = cid.as_ref().and_then(|cid| self.said.get(cid)) {
+            out.push(Delivery {
+                to: Audience::One(user),
+                message: ServerMessage::Message(Arc::clone(stored)),
+            });
+            return Ok(());
+        }
         self.check_text(&text)?;
         let message = Arc::new(ChatMessage {
             id: self.take_id(),
             ts: now,
             from: self.names[&user].clone(),
             text,
+            cid,
         });
+        if let Some(cid) = &message.cid {
+            self.said.insert(cid.clone(), Arc::clone(&message));
+        }
         self.history.push_back(Arc::clone(&message));
         // History never exceeds its bound, so one pop restores it (and with
         // a bound of 0 removes the message just added).
         if self.history.len() > self.config.history_len {
-            self.history.pop_front();
+            if let Some(dropped) = self.history.pop_front() {
+                self.dropped_through = dropped.id;
+            }
         }
         out.push(Delivery {
             to: Audience::Everyone,
@@ -282,9 +384,17 @@ impl Room {
         user: UserId,
         to: &str,
         text: String,
+        cid: Option<Cid>,
         now: Timestamp,
         out: &mut Vec<Delivery>,
     ) -> Result<(), ServerMessage> {
+        if let Some(stored) = cid.as_ref().and_then(|cid| self.dms.get(cid)) {
+            out.push(Delivery {
+                to: Audience::One(user),
+                message: stored.clone(),
+            });
+            return Ok(());
+        }
         self.check_text(&text)?;
         let Some(&recipient) = self.by_key.get(&name_key(to)) else {
             return Err(ServerMessage::error(
@@ -292,15 +402,20 @@ impl Room {
                 format!("nobody named {to:?} is online"),
             ));
         };
+        let message = ServerMessage::Dm {
+            id: self.take_id(),
+            ts: now,
+            from: self.names[&user].clone(),
+            to: self.names[&recipient].clone(),
+            text,
+            cid: cid.clone(),
+        };
+        if let Some(cid) = cid {
+            self.dms.insert(cid, message.clone());
+        }
         out.push(Delivery {
             to: Audience::Pair(user, recipient),
-            message: ServerMessage::Dm {
-                id: self.take_id(),
-                ts: now,
-                from: self.names[&user].clone(),
-                to: self.names[&recipient].clone(),
-                text,
-            },
+            message,
         });
         Ok(())
     }
@@ -376,12 +491,51 @@ impl Room {
     }
 }
 
+/// The last [`CID_MEMORY`] values by `cid`: a map, and the order in
+/// which to forget them.
+#[derive(Debug)]
+struct Recent<T> {
+    /// The remembered values.
+    by_cid: HashMap<Cid, T>,
+    /// The same `cid`s, oldest first, so the oldest is forgotten first.
+    order: VecDeque<Cid>,
+}
+
+impl<T> Default for Recent<T> {
+    fn default() -> Self {
+        Recent {
+            by_cid: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+}
+
+impl<T> Recent<T> {
+    fn get(&self, cid: &Cid) -> Option<&T> {
+        self.by_cid.get(cid)
+    }
+
+    /// Remembers `value` under a `cid` not yet remembered.
+    fn insert(&mut self, cid: Cid, value: T) {
+        if self.order.len() == CID_MEMORY {
+            if let Some(oldest) = self.order.pop_front() {
+                self.by_cid.remove(&oldest);
+            }
+        }
+        self.order.push_back(cid.clone());
+        self.by_cid.insert(cid, value);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use chrono::DateTime;
 
     use Audience::{Everyone, EveryoneExcept, One, Pair};
+
+    /// The epoch of every test room.
+    const EPOCH: &str = "test-epoch";
 
     /// The users the tests join, by their connection keys.
     const ALICE: UserId = 10;
@@ -415,6 +569,7 @@ mod tests {
         Request::Join {
             name: name.into(),
             since: None,
+            epoch: None,
         }
     }
 
@@ -422,17 +577,22 @@ mod tests {
         Request::Join {
             name: name.into(),
             since: Some(since),
+            epoch: None,
         }
     }
 
     fn say(text: &str) -> Request {
-        Request::Say { text: text.into() }
+        Request::Say {
+            text: text.into(),
+            cid: None,
+        }
     }
 
     fn dm(to: &str, text: &str) -> Request {
         Request::Dm {
             to: to.into(),
             text: text.into(),
+            cid: None,
         }
     }
 
@@ -455,12 +615,13 @@ mod tests {
             ts,
             from: from.into(),
             text: text.into(),
+            cid: None,
         })
     }
 
     /// A room with `users` joined at time 0, their deliveries discarded.
     fn room_with(config: RoomConfig, users: &[(UserId, &str)]) -> Room {
-        let mut room = Room::new(config);
+        let mut room = Room::new(config, EPOCH.into());
         for &(user, name) in users {
             run(&mut room, user, join(name), at(0));
         }
@@ -481,7 +642,8 @@ mod tests {
             RoomConfig::default(),
             RoomConfig {
                 history_len: 100,
-                max_text_chars: 4000
+                max_text_chars: 4000,
+                max_resume: 1000,
             }
         );
     }
@@ -505,7 +667,7 @@ mod tests {
 
     #[test]
     fn join_welcomes_the_newcomer_and_tells_the_others() {
-        let mut room = Room::new(RoomConfig::default());
+        let mut room = Room::new(RoomConfig::default(), EPOCH.into());
         assert_eq!(
             run(&mut room, ALICE, join("Alice"), at(1)),
             [
@@ -516,6 +678,8 @@ mod tests {
                         users: ["Alice"].into_iter().collect(),
                         history: vec![],
                         server: protocol::SERVER_ID.into(),
+                        epoch: EPOCH.into(),
+                        recovered: None,
                     },
                 },
                 Delivery {
@@ -538,6 +702,8 @@ mod tests {
                         users: ["Alice", "Bob"].into_iter().collect(),
                         history: vec![],
                         server: protocol::SERVER_ID.into(),
+                        epoch: EPOCH.into(),
+                        recovered: None,
                     },
                 },
                 Delivery {
@@ -574,7 +740,7 @@ mod tests {
 
     #[test]
     fn names_of_32_characters_are_accepted_and_33_refused() {
-        let mut room = Room::new(RoomConfig::default());
+        let mut room = Room::new(RoomConfig::default(), EPOCH.into());
         // Two bytes a character: the limit counts characters, not bytes.
         let long = "é".repeat(33);
         let reason = validate_name(&long).unwrap_err();
@@ -602,7 +768,7 @@ mod tests {
 
     #[test]
     fn invalid_names_are_refused_with_the_reason() {
-        let mut room = Room::new(RoomConfig::default());
+        let mut room = Room::new(RoomConfig::default(), EPOCH.into());
         for bad in ["", "a b", "😀", "a\u{202e}b"] {
             let reason = validate_name(bad).unwrap_err();
             assert_eq!(
@@ -691,6 +857,7 @@ mod tests {
                     from: "Alice".into(),
                     to: "Bob".into(),
                     text: "psst".into(),
+                    cid: None,
                 },
             }]
         );
@@ -711,6 +878,7 @@ mod tests {
                     from: "Alice".into(),
                     to: "Alice".into(),
                     text: "note".into(),
+                    cid: None,
                 },
             }]
         );
@@ -955,5 +1123,195 @@ mod tests {
         run(&mut room, BOB, join("alice"), at(1));
         assert_eq!(leave(&mut room, BOB, at(2)), []);
         assert_eq!(room.online(), 1);
+    }
+
+    /// The `welcome` `user` gets for `request`: its history ids and `recovered`.
+    fn resumed(room: &mut Room, user: UserId, request: Request) -> (Vec<u64>, Option<bool>) {
+        match run(room, user, request, at(0)).remove(0).message {
+            ServerMessage::Welcome {
+                history, recovered, ..
+            } => (history.iter().map(|m| m.id).collect(), recovered),
+            other => panic!("expected a welcome, got {other:?}"),
+        }
+    }
+
+    fn join_resume(name: &str, since: u64, epoch: &str) -> Request {
+        Request::Join {
+            name: name.into(),
+            since: Some(since),
+            epoch: Some(epoch.into()),
+        }
+    }
+
+    #[test]
+    fn a_resume_is_recovered_only_when_complete() {
+        let config = RoomConfig {
+            history_len: 3,
+            max_resume: 2,
+            ..RoomConfig::default()
+        };
+        let mut room = room_with(config, &[(ALICE, "alice")]);
+        for n in 1..=5 {
+            run(&mut room, ALICE, say(&format!("m{n}")), at(n));
+        }
+        // Kept: 3, 4, 5. A fresh join is not a resume.
+        assert_eq!(resumed(&mut room, BOB, join("bob")), (vec![3, 4, 5], None));
+        // Missed 4 and 5, within the limit, same epoch or none given.
+        assert_eq!(
+            resumed(&mut room, CAROL, join_resume("carol", 3, EPOCH)),
+            (vec![4, 5], Some(true))
+        );
+        assert_eq!(
+            resumed(&mut room, DAVE, join_since("dave", 5)),
+            (vec![], Some(true))
+        );
+        // Three missed: more than --max-resume.
+        assert_eq!(
+            resumed(&mut room, ERIN, join_since("erin", 2)),
+            (vec![3, 4, 5], Some(false))
+        );
+        // With room to resume, what was dropped still cannot be sent: after
+        // 1, message 2 is missing, so the resume is not complete.
+        let mut small = room_with(
+            RoomConfig {
+                history_len: 3,
+                max_resume: 100,
+                ..RoomConfig::default()
+            },
+            &[(ALICE, "alice")],
+        );
+        for n in 1..=5 {
+            run(&mut small, ALICE, say(&format!("m{n}")), at(n));
+        }
+        assert_eq!(
+            resumed(&mut small, BOB, join_since("bob", 1)),
+            (vec![3, 4, 5], Some(false))
+        );
+        assert_eq!(
+            resumed(&mut small, CAROL, join_since("carol", 2)),
+            (vec![3, 4, 5], Some(true))
+        );
+        // Another epoch: its ids mean nothing here.
+        assert_eq!(
+            resumed(&mut small, DAVE, join_resume("dave", 4, "other")),
+            (vec![3, 4, 5], Some(false))
+        );
+        let mut empty = room_with(config, &[]);
+        assert_eq!(
+            resumed(&mut empty, BOB, join_since("bob", 0)),
+            (vec![], Some(true))
+        );
+    }
+
+    #[test]
+    fn a_resent_cid_is_acknowledged_to_the_sender_alone() {
+        let mut room = room_with(RoomConfig::default(), &[(ALICE, "alice"), (BOB, "bob")]);
+        let cid = Cid::new("c-1");
+        let say_once = || Request::Say {
+            text: "once".into(),
+            cid: cid.clone(),
+        };
+        let first = run(&mut room, ALICE, say_once(), at(1));
+        let original = match &first[..] {
+            [Delivery {
+                to: Everyone,
+                message: ServerMessage::Message(message),
+            }] => Arc::clone(message),
+            other => panic!("expected one broadcast, got {other:?}"),
+        };
+        assert_eq!(original.cid, cid);
+        // Resent, even by another user and with another text: the stored one.
+        let again = Request::Say {
+            text: "twice".into(),
+            cid: cid.clone(),
+        };
+        assert_eq!(
+            run(&mut room, BOB, again, at(2)),
+            [Delivery {
+                to: One(BOB),
+                message: ServerMessage::Message(Arc::clone(&original)),
+            }]
+        );
+        let history = history_on_join(&mut room, CAROL, join("carol"));
+        assert_eq!(history, [original]);
+
+        let dm_once = || Request::Dm {
+            to: "bob".into(),
+            text: "psst".into(),
+            cid: Cid::new("d-1"),
+        };
+        let sent = run(&mut room, ALICE, dm_once(), at(3));
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].to, Pair(ALICE, BOB));
+        assert_eq!(
+            run(&mut room, ALICE, dm_once(), at(4)),
+            [Delivery {
+                to: One(ALICE),
+                message: sent[0].message.clone(),
+            }]
+        );
+    }
+
+    #[test]
+    fn a_refused_request_with_a_cid_names_it() {
+        let mut room = room_with(RoomConfig::default(), &[(ALICE, "alice")]);
+        let empty = Request::Say {
+            text: " ".into(),
+            cid: Cid::new("e-1"),
+        };
+        assert_eq!(
+            run(&mut room, ALICE, empty, at(1)),
+            [Delivery {
+                to: One(ALICE),
+                message: ServerMessage::Error {
+                    code: ErrorCode::EmptyText,
+                    message: "a message cannot be empty or only whitespace".into(),
+                    cid: Cid::new("e-1"),
+                },
+            }]
+        );
+    }
+
+    #[test]
+    fn history_pages_back_oldest_first() {
+        let mut room = room_with(RoomConfig::default(), &[(ALICE, "alice")]);
+        for n in 1..=5 {
+            run(&mut room, ALICE, say(&format!("m{n}")), at(n));
+        }
+        let page = |room: &mut Room, before, limit| match run(
+            room,
+            ALICE,
+            Request::History { before, limit },
+            at(9),
+        )
+        .remove(0)
+        {
+            Delivery {
+                to: One(ALICE),
+                message: ServerMessage::History { messages },
+            } => messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+            other => panic!("expected a history page, got {other:?}"),
+        };
+        assert_eq!(page(&mut room, Some(4), 2), [2, 3]);
+        assert_eq!(page(&mut room, None, 2), [4, 5]);
+        assert_eq!(page(&mut room, Some(2), 100), [1]);
+        assert_eq!(page(&mut room, Some(1), 100), Vec::<u64>::new());
+        // Not joined: refused like any other request.
+        let refused_page = run(
+            &mut room,
+            BOB,
+            Request::History {
+                before: None,
+                limit: 1,
+            },
+            at(9),
+        );
+        assert!(matches!(
+            &refused_page[0].message,
+            ServerMessage::Error {
+                code: ErrorCode::NotJoined,
+                ..
+            }
+        ));
     }
 }

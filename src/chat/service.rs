@@ -150,14 +150,28 @@ impl<'round> Outgoing<'_, 'round> {
     }
 }
 
+/// A fresh epoch for a history that lives only in this process: the
+/// start time in nanoseconds and the process id, so that a restarted
+/// server (or another one started in the same instant) names a new one.
+fn new_epoch() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos());
+    format!("{nanos:x}-{:x}", std::process::id())
+}
+
 impl Chat {
     /// A chat with an empty room, configured from the server's settings.
     pub fn new(config: &ServerConfig) -> Self {
         Chat {
-            room: Room::new(RoomConfig {
-                history_len: config.history,
-                max_text_chars: config.max_text_chars,
-            }),
+            room: Room::new(
+                RoomConfig {
+                    history_len: config.history,
+                    max_text_chars: config.max_text_chars,
+                    max_resume: config.max_resume,
+                },
+                new_epoch(),
+            ),
             sessions: HashMap::new(),
             rate_limit: config.rate_limit,
             rate_burst: config.rate_burst,

@@ -202,10 +202,12 @@ impl Coordinator {
             None => return ControlFlow::Continue(()),
             Some(Command::Say(text)) => Request::Say {
                 text: shortcode::expand(&text).into_owned(),
+                cid: None,
             },
             Some(Command::Dm { to, text }) => Request::Dm {
                 to,
                 text: shortcode::expand(&text).into_owned(),
+                cid: None,
             },
             Some(Command::Who) => Request::Who,
             Some(Command::Nick(name)) => Request::Nick { name },
@@ -287,6 +289,7 @@ impl Coordinator {
         let join = Request::Join {
             name: name.clone(),
             since,
+            epoch: None,
         };
         // A closed channel means the connection is gone; `Down` follows.
         let _ = conn.send(join.to_json());
@@ -301,7 +304,7 @@ impl Coordinator {
             ServerMessage::Welcome { name, .. } => name.clone(),
             _ => self.name.clone().unwrap_or_default(),
         };
-        if let ServerMessage::Error { code, message } = &message {
+        if let ServerMessage::Error { code, message, .. } = &message {
             if !self.joined {
                 return self.refused(*code, message);
             }
@@ -340,6 +343,8 @@ impl Coordinator {
                 }
             }
             ServerMessage::Joined { name, .. } => self.roster.add(&name),
+            // Older messages change nothing of the session: they are only shown.
+            ServerMessage::History { .. } => {}
             ServerMessage::Left { name, .. } => self.roster.remove(&name),
             ServerMessage::Renamed { from, to, .. } => {
                 self.roster.rename(&from, &to);

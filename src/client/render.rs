@@ -59,6 +59,11 @@ where
                 lines.push(self.paint(FAINT, &format!("--- {online} ---")));
             }
             ServerMessage::Message(message) => self.public(&mut lines, message, me),
+            ServerMessage::History { messages } => {
+                for message in messages {
+                    self.public(&mut lines, message, me);
+                }
+            }
             ServerMessage::Dm {
                 ts, from, to, text, ..
             } => self.said(&mut lines, *ts, from, Some(to), text, me),
@@ -75,7 +80,7 @@ where
                 lines.push(self.notice(&format!("{from} is now {to}")));
             }
             ServerMessage::Users { users } => lines.push(self.notice(&self.online(&users.names()))),
-            ServerMessage::Error { code, message } => {
+            ServerMessage::Error { code, message, .. } => {
                 lines.push(self.alert(&format!("{code}: {}", clean(message))));
             }
         }
@@ -211,6 +216,7 @@ mod tests {
             ts: ts("2026-11-25T08:05:09.123Z"),
             from: from.into(),
             text: text.into(),
+            cid: None,
         })
     }
 
@@ -229,6 +235,7 @@ mod tests {
                     from: "Dave".into(),
                     to: "Bob".into(),
                     text: "psst".into(),
+                    cid: None,
                 },
                 "[08:06] (dm) Dave -> Bob: psst",
             ),
@@ -279,6 +286,8 @@ mod tests {
             users: ["Dave", "Alice"].into_iter().collect(),
             history: vec![said(1, "Alice", "hi"), said(2, "Dave", "hey")],
             server: "mioserver/0.1.0".into(),
+            epoch: "e".into(),
+            recovered: None,
         };
         assert_eq!(
             renderer(false).server_message(&welcome, "Dave"),
@@ -298,6 +307,7 @@ mod tests {
             ts: ts("2026-11-24T23:59:00Z"),
             from: "Dave".into(),
             text: "late".into(),
+            cid: None,
         };
         let old = ServerMessage::Message(Arc::new(message.clone()));
         assert_eq!(
@@ -361,6 +371,7 @@ mod tests {
             from: "Alice".into(),
             to: "Dave".into(),
             text: "psst".into(),
+            cid: None,
         };
         assert!(r.server_message(&dm, "Dave")[0].contains("\x1b[1;35m(dm)\x1b[0m"));
     }

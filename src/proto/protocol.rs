@@ -15,6 +15,16 @@ use serde_json::value::RawValue;
 /// What the server calls itself in `welcome`; clients may show it.
 pub const SERVER_ID: &str = concat!("mioserver/", env!("CARGO_PKG_VERSION"));
 
+/// The most messages one `history` request may ask for, and its default
+/// (PROTOCOL.md 1.1): a page a client can render at once.
+pub const MAX_HISTORY_PAGE: usize = 1000;
+/// The page size of a `history` request that names no `limit`.
+pub const DEFAULT_HISTORY_PAGE: usize = 100;
+
+/// The longest `cid`, in characters: room for a UUID or 256 random bits in
+/// hex, short enough that a dedupe index of a day's cids stays small.
+pub const MAX_CID_CHARS: usize = 64;
+
 /// The longest name, in characters: long enough for real names and
 /// nicknames, short enough to keep a chat line readable.
 pub const MAX_NAME_CHARS: usize = 32;
@@ -26,20 +36,80 @@ pub const MAX_NAME_CHARS: usize = 32;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Request {
-    /// Enter the room under `name`; `since` asks for history after that id.
+    /// Enter the room under `name`; `since` asks for history after that
+    /// id, seen in history `epoch` (a resume after a reconnect).
     Join {
         name: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         since: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
     },
-    /// A public message.
-    Say { text: String },
-    /// A private message to one user.
-    Dm { to: String, text: String },
+    /// A public message; `cid` makes resending it safe.
+    Say {
+        text: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cid: Option<Cid>,
+    },
+    /// A private message to one user; `cid` makes resending it safe.
+    Dm {
+        to: String,
+        text: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cid: Option<Cid>,
+    },
     /// Ask for the users online.
     Who,
     /// Change one's name.
     Nick { name: String },
+    /// Older public messages: at most `limit` (at most
+    /// [`MAX_HISTORY_PAGE`]) with ids below `before` (below every id when
+    /// absent).
+    History {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        before: Option<u64>,
+        limit: usize,
+    },
+}
+
+/// A client's id for one message (`cid`): 1 to [`MAX_CID_CHARS`] printable
+/// ASCII characters without spaces (`!` to `~`). Only [`Cid::new`] makes
+/// one, so a `Cid` is always valid.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Cid(String);
+
+impl Cid {
+    /// Checks `text` against the rules; `None` when it breaks them.
+    pub fn new(text: impl Into<String>) -> Option<Cid> {
+        let text = text.into();
+        let valid = !text.is_empty()
+            && text.len() <= MAX_CID_CHARS
+            && text.bytes().all(|b| (b'!'..=b'~').contains(&b));
+        valid.then_some(Cid(text))
+    }
+
+    /// The id as it goes on the wire.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Cid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cid {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Cid::new(text).ok_or_else(|| {
+            de::Error::custom(format!(
+                "a cid is 1 to {MAX_CID_CHARS} ASCII characters from '!' to '~'"
+            ))
+        })
+    }
 }
 
 impl Request {
@@ -104,15 +174,28 @@ pub fn parse_request(frame: &str) -> Result<Request, ParseError> {
         name: String,
         #[serde(default)]
         since: Option<u64>,
+        #[serde(default)]
+        epoch: Option<String>,
     }
     #[derive(Deserialize)]
     struct Say {
         text: String,
+        #[serde(default)]
+        cid: Option<Cid>,
     }
     #[derive(Deserialize)]
     struct Dm {
         to: String,
         text: String,
+        #[serde(default)]
+        cid: Option<Cid>,
+    }
+    #[derive(Deserialize)]
+    struct History {
+        #[serde(default)]
+        before: Option<u64>,
+        #[serde(default)]
+        limit: Option<usize>,
     }
     #[derive(Deserialize)]
     struct Nick {
@@ -133,16 +216,23 @@ pub fn parse_request(frame: &str) -> Result<Request, ParseError> {
     let invalid = |err: serde_json::Error| ParseError::Invalid(err.to_string());
     match envelope.kind.as_deref() {
         Some("join") => {
-            let Join { name, since } = serde_json::from_str(frame).map_err(invalid)?;
-            Ok(Request::Join { name, since })
+            let Join { name, since, epoch } = serde_json::from_str(frame).map_err(invalid)?;
+            Ok(Request::Join { name, since, epoch })
         }
         Some("say") => {
-            let Say { text } = serde_json::from_str(frame).map_err(invalid)?;
-            Ok(Request::Say { text })
+            let Say { text, cid } = serde_json::from_str(frame).map_err(invalid)?;
+            Ok(Request::Say { text, cid })
         }
         Some("dm") => {
-            let Dm { to, text } = serde_json::from_str(frame).map_err(invalid)?;
-            Ok(Request::Dm { to, text })
+            let Dm { to, text, cid } = serde_json::from_str(frame).map_err(invalid)?;
+            Ok(Request::Dm { to, text, cid })
+        }
+        Some("history") => {
+            let History { before, limit } = serde_json::from_str(frame).map_err(invalid)?;
+            // A larger page is not an error: the client gets the most it
+            // may have and can ask again from the oldest id it received.
+            let limit = limit.unwrap_or(DEFAULT_HISTORY_PAGE).min(MAX_HISTORY_PAGE);
+            Ok(Request::History { before, limit })
         }
         Some("who") => {
             // Still a full parse, so that `{"type":"who",` with junk after it
@@ -183,6 +273,9 @@ pub enum ErrorCode {
     TooLong,
     /// More requests than the connection's rate limit allows.
     RateLimited,
+    /// The message could not be stored (disk full, store unreachable);
+    /// nobody received it and the client may retry with the same `cid`.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -199,6 +292,7 @@ impl ErrorCode {
             ErrorCode::EmptyText => "empty_text",
             ErrorCode::TooLong => "too_long",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }
@@ -254,6 +348,9 @@ pub struct ChatMessage {
     pub from: String,
     /// What was said.
     pub text: String,
+    /// The sender's id for it, if it gave one: its acknowledgement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cid: Option<Cid>,
 }
 
 /// The names of the joined users, as the JSON array that goes on the wire.
@@ -361,6 +458,13 @@ pub enum ServerMessage {
         #[serde(serialize_with = "serialize_history")]
         history: Vec<Arc<ChatMessage>>,
         server: String,
+        /// Names the history: the same across restarts, new when the
+        /// history was lost or replaced.
+        epoch: String,
+        /// Present on a resume (`join` with `since`): whether `history`
+        /// holds every message after `since`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
     },
     /// A public message, to everyone joined (the sender included).
     Message(Arc<ChatMessage>),
@@ -371,6 +475,9 @@ pub enum ServerMessage {
         from: String,
         to: String,
         text: String,
+        /// The sender's id for it, if it gave one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cid: Option<Cid>,
     },
     /// Someone joined; to everyone else.
     Joined {
@@ -392,8 +499,18 @@ pub enum ServerMessage {
     },
     /// The answer to `who`.
     Users { users: UserList },
-    /// A refused request.
-    Error { code: ErrorCode, message: String },
+    /// The answer to `history`: `message` events, oldest first.
+    History {
+        #[serde(serialize_with = "serialize_history")]
+        messages: Vec<Arc<ChatMessage>>,
+    },
+    /// A refused request; `cid` when the request carried one.
+    Error {
+        code: ErrorCode,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cid: Option<Cid>,
+    },
 }
 
 /// Writes `welcome`'s history as the protocol says: a list of `message`
@@ -415,6 +532,7 @@ impl ServerMessage {
         ServerMessage::Error {
             code,
             message: message.into(),
+            cid: None,
         }
     }
 
@@ -480,6 +598,7 @@ mod tests {
                 Request::Join {
                     name: "Dave".into(),
                     since: None,
+                    epoch: None,
                 },
             ),
             (
@@ -487,12 +606,14 @@ mod tests {
                 Request::Join {
                     name: "Dave".into(),
                     since: Some(41),
+                    epoch: None,
                 },
             ),
             (
                 r#"{"type":"say","text":"hello 😀"}"#,
                 Request::Say {
                     text: "hello 😀".into(),
+                    cid: None,
                 },
             ),
             (
@@ -500,6 +621,7 @@ mod tests {
                 Request::Dm {
                     to: "Bob".into(),
                     text: "psst".into(),
+                    cid: None,
                 },
             ),
             (r#"{"type":"who"}"#, Request::Who),
@@ -524,7 +646,10 @@ mod tests {
         );
         assert_eq!(
             parse_request(r#"{"text":"hi","color":"red","type":"say"}"#),
-            Ok(Request::Say { text: "hi".into() })
+            Ok(Request::Say {
+                text: "hi".into(),
+                cid: None
+            })
         );
     }
 
@@ -568,7 +693,10 @@ mod tests {
         let ignored = format!(r#"{{"type":"say","text":"x","deep":{open}{close}}}"#);
         assert_eq!(
             parse_request(&ignored),
-            Ok(Request::Say { text: "x".into() })
+            Ok(Request::Say {
+                text: "x".into(),
+                cid: None
+            })
         );
         // Nesting where a string belongs is a malformed request.
         let in_text = format!(r#"{{"type":"say","text":{open}{close}}}"#);
@@ -630,6 +758,7 @@ mod tests {
             ts,
             from: "Dave".into(),
             text: "hello".into(),
+            cid: None,
         }));
         assert_eq!(
             message.to_json(),
@@ -658,17 +787,112 @@ mod tests {
                 ts: example_ts(),
                 from: "Ann".into(),
                 text: "hi".into(),
+                cid: None,
             })],
             server: SERVER_ID.into(),
+            epoch: "e1".into(),
+            recovered: Some(true),
         };
         let json = welcome.to_json();
         assert_eq!(
             json,
-            r#"{"type":"welcome","name":"Dave","users":["Dave"],"history":[{"type":"message","id":42,"ts":"2026-11-25T08:00:00.123Z","from":"Ann","text":"hi"}],"server":"mioserver/0.1.0"}"#
+            r#"{"type":"welcome","name":"Dave","users":["Dave"],"history":[{"type":"message","id":42,"ts":"2026-11-25T08:00:00.123Z","from":"Ann","text":"hi"}],"server":"mioserver/0.1.0","epoch":"e1","recovered":true}"#
         );
         assert_eq!(
             serde_json::from_str::<ServerMessage>(&json).unwrap(),
             welcome
+        );
+    }
+
+    #[test]
+    fn version_1_1_requests_parse() {
+        let cid = |text: &str| Some(Cid::new(text).unwrap());
+        let cases = [
+            (
+                r#"{"type":"join","name":"Dave","since":41,"epoch":"e1"}"#,
+                Request::Join {
+                    name: "Dave".into(),
+                    since: Some(41),
+                    epoch: Some("e1".into()),
+                },
+            ),
+            (
+                r#"{"type":"say","text":"hi","cid":"a-1"}"#,
+                Request::Say {
+                    text: "hi".into(),
+                    cid: cid("a-1"),
+                },
+            ),
+            (
+                r#"{"type":"dm","to":"Bob","text":"psst","cid":"~!"}"#,
+                Request::Dm {
+                    to: "Bob".into(),
+                    text: "psst".into(),
+                    cid: cid("~!"),
+                },
+            ),
+            (
+                r#"{"type":"history","before":42,"limit":10}"#,
+                Request::History {
+                    before: Some(42),
+                    limit: 10,
+                },
+            ),
+        ];
+        for (json, request) in cases {
+            assert_eq!(parse_request(json).as_ref(), Ok(&request), "{json}");
+            assert_eq!(request.to_json(), json);
+        }
+        // Defaults and the ceiling of a page.
+        assert_eq!(
+            parse_request(r#"{"type":"history"}"#),
+            Ok(Request::History {
+                before: None,
+                limit: DEFAULT_HISTORY_PAGE
+            })
+        );
+        assert_eq!(
+            parse_request(r#"{"type":"history","before":5,"limit":5000}"#),
+            Ok(Request::History {
+                before: Some(5),
+                limit: MAX_HISTORY_PAGE
+            })
+        );
+    }
+
+    #[test]
+    fn a_cid_is_1_to_64_printable_ascii_characters() {
+        assert!(Cid::new("x").is_some());
+        assert!(Cid::new("!~").is_some());
+        assert!(Cid::new("a".repeat(64)).is_some());
+        for bad in ["", "a b", "é", "tab\t", &"a".repeat(65)] {
+            assert_eq!(Cid::new(bad), None, "{bad:?}");
+        }
+        for invalid in [
+            r#"{"type":"say","text":"x","cid":""}"#,
+            r#"{"type":"say","text":"x","cid":"has space"}"#,
+            r#"{"type":"say","text":"x","cid":7}"#,
+            r#"{"type":"dm","to":"b","text":"x","cid":"ü"}"#,
+            r#"{"type":"history","before":-1}"#,
+        ] {
+            assert_eq!(
+                parse_request(invalid).unwrap_err().code(),
+                ErrorCode::InvalidJson,
+                "{invalid}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_error_answering_a_cid_carries_it() {
+        let error = ServerMessage::Error {
+            code: ErrorCode::Unavailable,
+            message: "not stored".into(),
+            cid: Cid::new("c1"),
+        };
+        assert_eq!(
+            error.to_json(),
+            r#"{"type":"error","code":"unavailable","message":"not stored","cid":"c1"}"#
         );
     }
 }
