@@ -1,0 +1,587 @@
+//! The cluster's Redis commands: the Lua scripts that make each step
+//! atomic (publishing a round, claiming and releasing names, liveness,
+//! reaping dead nodes, the epoch), the read of the streams that carries
+//! every node's deliveries, and the parsing of their replies.
+//!
+//! Every function here builds a command's arguments or reads a reply; none
+//! does I/O. A command goes out through a [`super::link::Link`], usually
+//! pipelined with others, and its reply comes back as a
+//! [`super::link::Frame`].
+//!
+//! Key layout (every key carries the same hash tag, `{CHAT}`, so that all
+//! of them live in one slot should the data ever move to Redis Cluster):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `{CHAT}:epoch` | string | the history's epoch |
+//! | `{CHAT}:next_id` | string | the last message id allocated |
+//! | `{CHAT}:history` | stream | public messages, entry id `ID-0` |
+//! | `{CHAT}:cid:CID` | string | the id a cid got, expiring after 24 h |
+//! | `{CHAT}:presence` | stream | `joined` and `left` events |
+//! | `{CHAT}:names` | hash | name key (lowercase) → node id |
+//! | `{CHAT}:online` | hash | name key → name as typed, for `who` |
+//! | `{CHAT}:nodes` | set | the node ids registered as live |
+//! | `{CHAT}:node:ID:alive` | string | present while node ID lives |
+//! | `{CHAT}:node:ID:users` | hash | name key → name as typed, per node |
+
+use std::fmt;
+use std::time::Duration;
+
+use super::link::Frame;
+use sha1::{Digest, Sha1};
+
+use crate::proto::protocol::name_key;
+
+/// A reply that is a Redis error or does not have the shape the command
+/// promises.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyError(pub String);
+
+impl fmt::Display for ReplyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unexpected reply from Redis: {}", self.0)
+    }
+}
+
+impl std::error::Error for ReplyError {}
+
+/// One Lua script: its text and the SHA-1 that `EVALSHA` calls it by.
+#[derive(Debug, Clone)]
+struct Script {
+    /// The Lua source, embedded at build time.
+    text: &'static str,
+    /// Its SHA-1 in lowercase hex, as Redis names it.
+    sha: String,
+}
+
+impl Script {
+    fn new(text: &'static str) -> Script {
+        let sha = Sha1::digest(text.as_bytes())
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        Script { text, sha }
+    }
+
+    /// `EVALSHA sha numkeys keys... args...`.
+    fn call(&self, keys: &[&str], args: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+        let mut command = vec![
+            b"EVALSHA".to_vec(),
+            self.sha.clone().into_bytes(),
+            keys.len().to_string().into_bytes(),
+        ];
+        command.extend(keys.iter().map(|key| key.as_bytes().to_vec()));
+        command.extend(args);
+        command
+    }
+}
+
+/// A public message of this round, before it has an id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    /// The server time it was accepted, as the protocol writes it.
+    pub ts: String,
+    /// The sender's name.
+    pub from: String,
+    /// The text.
+    pub text: String,
+    /// The client's id for it, if it sent one.
+    pub cid: Option<String>,
+}
+
+/// A public message as the history stream holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Its place in the chat's one order.
+    pub id: u64,
+    /// The server time it was accepted.
+    pub ts: String,
+    /// The sender's name.
+    pub from: String,
+    /// The text.
+    pub text: String,
+    /// The client's id for it, if it sent one.
+    pub cid: Option<String>,
+}
+
+/// What publishing did with one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// Stored under this new id.
+    New(u64),
+    /// Its cid was accepted before, under `id`; `stored` is that message,
+    /// unless the history's bound has trimmed it since.
+    Duplicate {
+        /// The id the cid got the first time.
+        id: u64,
+        /// The message as first stored.
+        stored: Option<StoredMessage>,
+    },
+}
+
+/// The answer to a name claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The name is this node's; `online` users are in the chat now.
+    Claimed {
+        /// Users online across the cluster, the new one included.
+        online: u64,
+    },
+    /// Another user, on any node, has it (case-insensitively).
+    Taken,
+    /// This node is not registered as live (it was declared dead): it must
+    /// register again before it claims anything.
+    NotRegistered,
+}
+
+/// Whether a presence event is a join or a leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceKind {
+    /// `joined`.
+    Joined,
+    /// `left`.
+    Left,
+}
+
+/// A `joined` or `left` from the presence stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presence {
+    /// The stream entry's id: where a reader resumes.
+    pub stream_id: String,
+    /// Join or leave.
+    pub kind: PresenceKind,
+    /// The name as typed.
+    pub name: String,
+    /// The node the user is (or was) on.
+    pub node: String,
+    /// Users online across the cluster right after it.
+    pub online: u64,
+}
+
+/// Something a stream read delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// A public message, in id order.
+    Message(StoredMessage),
+    /// A join or a leave, in the order Redis accepted them.
+    Presence(Presence),
+}
+
+/// Where a node's reader stands in both streams: the last entry it has
+/// delivered of each. After a reconnect it reads on from here, so nothing
+/// is skipped and nothing delivered twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    /// The last public message id delivered.
+    pub message: u64,
+    /// The last presence entry id delivered (`0-0` for none).
+    pub presence: String,
+}
+
+impl Cursor {
+    /// Moves past what `deliveries` hold.
+    pub fn advance(&mut self, deliveries: &[Delivery]) {
+        for delivery in deliveries {
+            match delivery {
+                Delivery::Message(message) => self.message = message.id,
+                Delivery::Presence(presence) => self.presence.clone_from(&presence.stream_id),
+            }
+        }
+    }
+}
+
+/// The commands of one chat, whose keys all start with `{CHAT}`.
+#[derive(Debug, Clone)]
+pub struct Commands {
+    /// `{CHAT}`: the prefix and hash tag of every key.
+    prefix: String,
+    /// Names the history stream.
+    history: String,
+    /// Names the presence stream.
+    presence: String,
+    /// Names the names hash.
+    names: String,
+    /// Names the online hash.
+    online: String,
+    /// Names the set of live nodes.
+    nodes: String,
+    /// `publish.lua`.
+    publish: Script,
+    /// `claim.lua`.
+    claim: Script,
+    /// `release.lua`.
+    release: Script,
+    /// `alive.lua`.
+    alive: Script,
+    /// `reap.lua`.
+    reap: Script,
+    /// `epoch.lua`.
+    epoch: Script,
+}
+
+/// The bulk strings of a command given as text.
+fn strings(args: &[&str]) -> Vec<Vec<u8>> {
+    args.iter().map(|arg| arg.as_bytes().to_vec()).collect()
+}
+
+impl Commands {
+    /// The commands of the chat called `chat` (keys `{chat}:...`).
+    pub fn new(chat: &str) -> Commands {
+        let prefix = format!("{{{chat}}}");
+        Commands {
+            history: format!("{prefix}:history"),
+            presence: format!("{prefix}:presence"),
+            names: format!("{prefix}:names"),
+            online: format!("{prefix}:online"),
+            nodes: format!("{prefix}:nodes"),
+            prefix,
+            publish: Script::new(include_str!("lua/publish.lua")),
+            claim: Script::new(include_str!("lua/claim.lua")),
+            release: Script::new(include_str!("lua/release.lua")),
+            alive: Script::new(include_str!("lua/alive.lua")),
+            reap: Script::new(include_str!("lua/reap.lua")),
+            epoch: Script::new(include_str!("lua/epoch.lua")),
+        }
+    }
+
+    fn scripts(&self) -> [&Script; 6] {
+        [
+            &self.publish,
+            &self.claim,
+            &self.release,
+            &self.alive,
+            &self.reap,
+            &self.epoch,
+        ]
+    }
+
+    /// `SCRIPT LOAD` of every script: the setup of every connection that
+    /// calls them, since a restarted Redis has forgotten them.
+    pub fn load_scripts(&self) -> Vec<Vec<Vec<u8>>> {
+        self.scripts()
+            .iter()
+            .map(|script| strings(&["SCRIPT", "LOAD", script.text]))
+            .collect()
+    }
+
+    /// The SHA-1 of every script, in [`Commands::load_scripts`]'s order:
+    /// what `SCRIPT LOAD` answers.
+    pub fn script_shas(&self) -> Vec<&str> {
+        self.scripts().iter().map(|s| s.sha.as_str()).collect()
+    }
+
+    /// The key of node `node`'s `what` (`alive` or `users`).
+    fn node_key(&self, node: &str, what: &str) -> String {
+        format!("{}:node:{node}:{what}", self.prefix)
+    }
+
+    /// Reads the epoch, creating it as `candidate` if there is none.
+    pub fn epoch(&self, candidate: &str) -> Vec<Vec<u8>> {
+        let key = format!("{}:epoch", self.prefix);
+        self.epoch.call(&[&key], strings(&[candidate]))
+    }
+
+    /// Publishes `messages` in this order: consecutive new ids, appended to
+    /// the history stream (kept to about `bound` entries), each cid
+    /// remembered for `cid_ttl`.
+    pub fn publish(
+        &self,
+        messages: &[NewMessage],
+        bound: usize,
+        cid_ttl: Duration,
+    ) -> Vec<Vec<u8>> {
+        let counter = format!("{}:next_id", self.prefix);
+        let cid_keys: Vec<String> = messages
+            .iter()
+            .filter_map(|message| message.cid.as_ref())
+            .map(|cid| format!("{}:cid:{cid}", self.prefix))
+            .collect();
+        let mut keys = vec![counter.as_str(), self.history.as_str()];
+        keys.extend(cid_keys.iter().map(String::as_str));
+        let mut args = strings(&[
+            &bound.to_string(),
+            &cid_ttl.as_secs().max(1).to_string(),
+            &messages.len().to_string(),
+        ]);
+        for message in messages {
+            args.extend(strings(&[
+                &message.ts,
+                &message.from,
+                &message.text,
+                message.cid.as_deref().unwrap_or(""),
+            ]));
+        }
+        self.publish.call(&keys, args)
+    }
+
+    /// Claims `name` for a user on `node`, announcing the join in the
+    /// presence stream (kept to about `bound` entries).
+    pub fn claim(&self, node: &str, name: &str, bound: usize) -> Vec<Vec<u8>> {
+        let users = self.node_key(node, "users");
+        self.claim.call(
+            &[
+                &self.names,
+                &users,
+                &self.nodes,
+                &self.presence,
+                &self.online,
+            ],
+            strings(&[&name_key(name), name, node, &bound.to_string()]),
+        )
+    }
+
+    /// Releases `name` if `node` holds it, announcing the leave.
+    pub fn release(&self, node: &str, name: &str, bound: usize) -> Vec<Vec<u8>> {
+        let users = self.node_key(node, "users");
+        self.release.call(
+            &[&self.names, &users, &self.presence, &self.online],
+            strings(&[&name_key(name), node, &bound.to_string()]),
+        )
+    }
+
+    /// Registers `node` as live for `ttl` (at start-up, and again after it
+    /// learnt it was declared dead).
+    pub fn register(&self, node: &str, ttl: Duration) -> Vec<Vec<u8>> {
+        self.liveness(node, ttl, "register")
+    }
+
+    /// Keeps `node` live for another `ttl`, if it still is.
+    pub fn refresh(&self, node: &str, ttl: Duration) -> Vec<Vec<u8>> {
+        self.liveness(node, ttl, "refresh")
+    }
+
+    fn liveness(&self, node: &str, ttl: Duration, mode: &str) -> Vec<Vec<u8>> {
+        let alive = self.node_key(node, "alive");
+        self.alive.call(
+            &[&self.nodes, &alive],
+            strings(&[node, &ttl.as_millis().max(1).to_string(), mode]),
+        )
+    }
+
+    /// Declares dead every node whose liveness expired, announcing each of
+    /// its users as left once.
+    pub fn reap(&self, bound: usize) -> Vec<Vec<u8>> {
+        self.reap.call(
+            &[&self.nodes, &self.names, &self.presence, &self.online],
+            strings(&[&self.prefix, &bound.to_string()]),
+        )
+    }
+
+    /// Everyone online across the cluster, names as typed.
+    pub fn who(&self) -> Vec<Vec<u8>> {
+        strings(&["HVALS", &self.online])
+    }
+
+    /// Reads both streams after `cursor`, at most `count` entries of each,
+    /// waiting up to `block` for something new. Sent on a connection of
+    /// its own, since it holds the connection while it waits.
+    pub fn read(&self, cursor: &Cursor, block: Duration, count: usize) -> Vec<Vec<u8>> {
+        strings(&[
+            "XREAD",
+            "COUNT",
+            &count.to_string(),
+            "BLOCK",
+            &block.as_millis().to_string(),
+            "STREAMS",
+            &self.history,
+            &self.presence,
+            &format!("{}-0", cursor.message),
+            &cursor.presence,
+        ])
+    }
+
+    /// Splits an `XREAD` reply into deliveries: messages in id order, then
+    /// presence events in stream order. A timeout (nil) delivers nothing.
+    pub fn parse_read(&self, frame: Frame) -> Result<Vec<Delivery>, ReplyError> {
+        let mut out = Vec::new();
+        if frame == Frame::Null {
+            return Ok(out);
+        }
+        for stream in array(frame)? {
+            let [name, entries] = pair(stream)?;
+            let name = text(name)?;
+            let history = if name == self.history {
+                true
+            } else if name == self.presence {
+                false
+            } else {
+                return Err(ReplyError(format!("a stream not asked for: {name}")));
+            };
+            for entry in array(entries)? {
+                let [id, fields] = pair(entry)?;
+                let (id, fields) = (text(id)?, array(fields)?);
+                out.push(if history {
+                    Delivery::Message(stored_message(&id, fields)?)
+                } else {
+                    Delivery::Presence(presence(id, fields)?)
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// An error reply as a [`ReplyError`]; anything else as itself.
+fn ok(frame: Frame) -> Result<Frame, ReplyError> {
+    match frame {
+        Frame::Error(message) => Err(ReplyError(message)),
+        frame => Ok(frame),
+    }
+}
+
+fn array(frame: Frame) -> Result<Vec<Frame>, ReplyError> {
+    match ok(frame)? {
+        Frame::Array(items) => Ok(items),
+        other => Err(ReplyError(format!("expected an array, got {other:?}"))),
+    }
+}
+
+fn pair(frame: Frame) -> Result<[Frame; 2], ReplyError> {
+    <[Frame; 2]>::try_from(array(frame)?)
+        .map_err(|items| ReplyError(format!("expected a pair, got {items:?}")))
+}
+
+fn integer(frame: Frame) -> Result<i64, ReplyError> {
+    match ok(frame)? {
+        Frame::Integer(n) => Ok(n),
+        other => Err(ReplyError(format!("expected an integer, got {other:?}"))),
+    }
+}
+
+fn text(frame: Frame) -> Result<String, ReplyError> {
+    match ok(frame)? {
+        Frame::BulkString(bytes) | Frame::SimpleString(bytes) => {
+            String::from_utf8(bytes).map_err(|err| ReplyError(format!("not UTF-8: {err}")))
+        }
+        other => Err(ReplyError(format!("expected a string, got {other:?}"))),
+    }
+}
+
+/// A stream entry's flat field list as (field, value) pairs.
+fn fields(list: Vec<Frame>) -> Result<Vec<(String, String)>, ReplyError> {
+    let mut pairs = Vec::with_capacity(list.len() / 2);
+    let mut items = list.into_iter();
+    while let Some(field) = items.next() {
+        let value = items
+            .next()
+            .ok_or_else(|| ReplyError("a field without a value".into()))?;
+        pairs.push((text(field)?, text(value)?));
+    }
+    Ok(pairs)
+}
+
+/// The value of `field` among `pairs`.
+fn field(pairs: &[(String, String)], name: &str) -> Option<String> {
+    pairs
+        .iter()
+        .find(|(field, _)| field == name)
+        .map(|(_, value)| value.clone())
+}
+
+fn required(pairs: &[(String, String)], name: &str) -> Result<String, ReplyError> {
+    field(pairs, name).ok_or_else(|| ReplyError(format!("an entry without `{name}`")))
+}
+
+fn number(value: &str) -> Result<u64, ReplyError> {
+    value
+        .parse()
+        .map_err(|_| ReplyError(format!("not a number: {value}")))
+}
+
+/// A history entry: stream id `ID-0` and the message's fields.
+fn stored_message(stream_id: &str, list: Vec<Frame>) -> Result<StoredMessage, ReplyError> {
+    let pairs = fields(list)?;
+    let id = stream_id.strip_suffix("-0").unwrap_or(stream_id);
+    Ok(StoredMessage {
+        id: number(id)?,
+        ts: required(&pairs, "ts")?,
+        from: required(&pairs, "from")?,
+        text: required(&pairs, "text")?,
+        cid: field(&pairs, "cid"),
+    })
+}
+
+fn presence(stream_id: String, list: Vec<Frame>) -> Result<Presence, ReplyError> {
+    let pairs = fields(list)?;
+    let kind = match required(&pairs, "type")?.as_str() {
+        "joined" => PresenceKind::Joined,
+        "left" => PresenceKind::Left,
+        other => return Err(ReplyError(format!("an unknown presence event: {other}"))),
+    };
+    Ok(Presence {
+        stream_id,
+        kind,
+        name: required(&pairs, "name")?,
+        node: required(&pairs, "node")?,
+        online: number(&required(&pairs, "online")?)?,
+    })
+}
+
+/// The epoch script's answer.
+pub fn parse_epoch(frame: Frame) -> Result<String, ReplyError> {
+    text(frame)
+}
+
+/// The publish script's answer: one [`Published`] per message, in order.
+pub fn parse_publish(frame: Frame) -> Result<Vec<Published>, ReplyError> {
+    array(frame)?
+        .into_iter()
+        .map(|item| {
+            let mut parts = array(item)?.into_iter();
+            let (Some(id), Some(dup)) = (parts.next(), parts.next()) else {
+                return Err(ReplyError("a publish result without id and flag".into()));
+            };
+            let id = integer(id)? as u64;
+            if integer(dup)? == 0 {
+                return Ok(Published::New(id));
+            }
+            let list = parts.next().map(array).transpose()?.unwrap_or_default();
+            let stored = if list.is_empty() {
+                None
+            } else {
+                Some(stored_message(&id.to_string(), list)?)
+            };
+            Ok(Published::Duplicate { id, stored })
+        })
+        .collect()
+}
+
+/// The claim script's answer.
+pub fn parse_claim(frame: Frame) -> Result<Claim, ReplyError> {
+    Ok(match integer(frame)? {
+        -1 => Claim::NotRegistered,
+        0 => Claim::Taken,
+        online => Claim::Claimed {
+            online: online as u64,
+        },
+    })
+}
+
+/// The release script's answer: users still online, or `None` if this
+/// node did not hold the name (nothing was announced).
+pub fn parse_release(frame: Frame) -> Result<Option<u64>, ReplyError> {
+    let online = integer(frame)?;
+    Ok((online >= 0).then_some(online as u64))
+}
+
+/// The liveness script's answer: `false` when a refreshing node learns it
+/// was declared dead.
+pub fn parse_alive(frame: Frame) -> Result<bool, ReplyError> {
+    Ok(integer(frame)? == 1)
+}
+
+/// The reap script's answer: (node id, name) of every user announced left.
+pub fn parse_reap(frame: Frame) -> Result<Vec<(String, String)>, ReplyError> {
+    fields(array(frame)?)
+}
+
+/// A `who` answer: every name online, as typed, sorted by name key so that
+/// every node lists them in the same order.
+pub fn parse_who(frame: Frame) -> Result<Vec<String>, ReplyError> {
+    let mut names = array(frame)?
+        .into_iter()
+        .map(text)
+        .collect::<Result<Vec<_>, _>>()?;
+    names.sort_by_cached_key(|name| name_key(name));
+    Ok(names)
+}

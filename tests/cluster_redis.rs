@@ -1,0 +1,658 @@
+//! The cluster's Redis foundation against a real `redis-server` of the
+//! test's own (see `common/redis.rs`): the readiness-driven connection
+//! with its pipelining and reconnects, every Lua script, and the stream
+//! reader resuming across a Redis crash. Each test drives its connections
+//! with a small `mio::Poll` loop of its own, as the server's loop will.
+
+mod common;
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use common::redis::Redis;
+use mio::{Events, Interest, Poll, Token};
+use miochat::chat::cluster::conn::RedisConn;
+use miochat::chat::cluster::link::{Event, Frame, LinkConfig};
+use miochat::chat::cluster::scripts::{
+    parse_alive, parse_claim, parse_epoch, parse_publish, parse_reap, parse_release, parse_who,
+    Claim, Commands, Cursor, Delivery, NewMessage, Presence, PresenceKind, Published,
+    StoredMessage,
+};
+use miochat::chat::cluster::{random_token, RedisUrl};
+
+/// The longest any test waits for one reply or event.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The chat every test uses: keys `{test}:...`.
+const CHAT: &str = "test";
+
+/// Stream bounds large enough that nothing is trimmed unless a test wants
+/// it to be.
+const BOUND: usize = 10_000;
+
+/// The protocol's promise: a cid is remembered for at least 24 hours.
+const CID_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Several Redis connections on one `mio::Poll`, token = index.
+struct Loop {
+    poll: Poll,
+    conns: Vec<RedisConn<u64>>,
+    /// Events taken from a connection but not yet asked for.
+    events: Vec<VecDeque<Event<u64>>>,
+    /// The next request tag.
+    next_tag: u64,
+}
+
+impl Loop {
+    fn new() -> Loop {
+        Loop {
+            poll: Poll::new().unwrap(),
+            conns: Vec::new(),
+            events: Vec::new(),
+            next_tag: 0,
+        }
+    }
+
+    /// Adds a connection to `redis` that loads the cluster's scripts and
+    /// names itself on every connect; returns its index.
+    fn connect(&mut self, redis: &Redis, node: &str) -> usize {
+        let url = RedisUrl::parse(&redis.url()).unwrap();
+        let mut setup = url.setup(node);
+        setup.extend(Commands::new(CHAT).load_scripts());
+        let config = LinkConfig {
+            // Keep reconnects quick so that a restart test is short.
+            backoff_cap: Duration::from_millis(500),
+            ..LinkConfig::default()
+        };
+        let index = self.conns.len();
+        let seed = u64::from_str_radix(&random_token(), 16).unwrap();
+        self.conns.push(RedisConn::new(
+            url.addr,
+            Token(index),
+            config,
+            &setup,
+            seed,
+            Instant::now(),
+        ));
+        self.events.push(VecDeque::new());
+        index
+    }
+
+    /// Runs the loop until connection `which` has an event, and returns it.
+    fn next_event(&mut self, which: usize) -> Event<u64> {
+        let give_up = Instant::now() + TIMEOUT;
+        let mut events = Events::with_capacity(16);
+        loop {
+            for (i, conn) in self.conns.iter_mut().enumerate() {
+                while let Some(event) = conn.take_event() {
+                    self.events[i].push_back(event);
+                }
+            }
+            if let Some(event) = self.events[which].pop_front() {
+                return event;
+            }
+            let now = Instant::now();
+            assert!(
+                now < give_up,
+                "no event on connection {which} within {TIMEOUT:?}"
+            );
+            let wake = self
+                .conns
+                .iter()
+                .filter_map(|c| c.next_deadline())
+                .chain([give_up])
+                .min()
+                .unwrap();
+            self.poll
+                .poll(&mut events, Some(wake.saturating_duration_since(now)))
+                .unwrap();
+            let now = Instant::now();
+            for event in events.iter() {
+                let conn = &mut self.conns[event.token().0];
+                let registry = self.poll.registry();
+                if event.is_readable() || event.is_read_closed() || event.is_error() {
+                    conn.on_readable(registry, now);
+                }
+                if event.is_writable() || event.is_error() {
+                    conn.on_writable(registry, now);
+                }
+            }
+            for conn in &mut self.conns {
+                if conn.next_deadline().is_some_and(|at| at <= now) {
+                    conn.on_timeout(self.poll.registry(), now);
+                }
+            }
+        }
+    }
+
+    /// Waits for connection `which` to come up.
+    fn up(&mut self, which: usize) {
+        loop {
+            match self.next_event(which) {
+                Event::Up => return,
+                Event::Down { .. } => {}
+                other => panic!("expected Up, got {other:?}"),
+            }
+        }
+    }
+
+    /// Queues a request on `which` without writing it yet; returns its tag.
+    fn push(&mut self, which: usize, args: &[Vec<u8>]) -> u64 {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        self.conns[which]
+            .push(tag, args, Instant::now())
+            .expect("the connection is up");
+        tag
+    }
+
+    /// Writes what waits on `which`.
+    fn flush(&mut self, which: usize) {
+        self.conns[which].flush(self.poll.registry(), Instant::now());
+    }
+
+    /// The reply to `tag`, which must be the next event on `which`.
+    fn reply(&mut self, which: usize, tag: u64) -> Frame {
+        match self.next_event(which) {
+            Event::Reply { tag: got, frame } if got == tag => frame,
+            other => panic!("expected the reply to {tag}, got {other:?}"),
+        }
+    }
+
+    /// One request, written at once, and its reply.
+    fn call(&mut self, which: usize, args: &[Vec<u8>]) -> Frame {
+        let tag = self.push(which, args);
+        self.flush(which);
+        self.reply(which, tag)
+    }
+}
+
+fn cmd(args: &[&str]) -> Vec<Vec<u8>> {
+    args.iter().map(|a| a.as_bytes().to_vec()).collect()
+}
+
+fn bulk(text: &str) -> Frame {
+    Frame::BulkString(text.as_bytes().to_vec())
+}
+
+fn message(text: &str, cid: Option<&str>) -> NewMessage {
+    NewMessage {
+        ts: "2026-11-25T08:00:00.000Z".into(),
+        from: "Ann".into(),
+        text: text.into(),
+        cid: cid.map(str::to_owned),
+    }
+}
+
+fn stored(id: u64, text: &str, cid: Option<&str>) -> StoredMessage {
+    let m = message(text, cid);
+    StoredMessage {
+        id,
+        ts: m.ts,
+        from: m.from,
+        text: m.text,
+        cid: m.cid,
+    }
+}
+
+#[test]
+fn a_pipeline_of_requests_is_answered_in_order_on_one_connection() {
+    let Some(redis) = Redis::start() else { return };
+    let mut lp = Loop::new();
+    let c = lp.connect(&redis, "n1");
+    lp.up(c);
+    assert_eq!(lp.call(c, &cmd(&["CLIENT", "GETNAME"])), bulk("miochat-n1"));
+
+    // A hundred commands, one flush: all are written at once (WRITABLE
+    // interest is dropped right away) and answered in order.
+    let tags: Vec<u64> = (0..100)
+        .map(|_| lp.push(c, &cmd(&["INCR", "counter"])))
+        .collect();
+    assert_eq!(
+        lp.conns[c].interest(),
+        Some(Interest::READABLE | Interest::WRITABLE)
+    );
+    lp.flush(c);
+    assert_eq!(lp.conns[c].interest(), Some(Interest::READABLE));
+    for (n, tag) in tags.into_iter().enumerate() {
+        assert_eq!(lp.reply(c, tag), Frame::Integer(n as i64 + 1));
+    }
+
+    // The setup loaded every script, under the SHA-1 the calls use.
+    let commands = Commands::new(CHAT);
+    let mut exists = cmd(&["SCRIPT", "EXISTS"]);
+    exists.extend(
+        commands
+            .script_shas()
+            .iter()
+            .map(|sha| sha.as_bytes().to_vec()),
+    );
+    assert_eq!(
+        lp.call(c, &exists),
+        Frame::Array(vec![Frame::Integer(1); 6])
+    );
+    for (load, sha) in commands.load_scripts().iter().zip(commands.script_shas()) {
+        assert_eq!(lp.call(c, load), bulk(sha));
+    }
+}
+
+#[test]
+fn the_connection_survives_a_redis_crash_and_refuses_requests_meanwhile() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let mut lp = Loop::new();
+    let c = lp.connect(&redis, "n1");
+    lp.up(c);
+    assert_eq!(
+        lp.call(c, &cmd(&["SET", "k", "v"])),
+        Frame::SimpleString(b"OK".to_vec())
+    );
+
+    // A blocking request is in flight when Redis dies: it comes back as
+    // lost, written whole (Redis may or may not have run it).
+    let tag = lp.push(c, &cmd(&["BLPOP", "nothing", "5"]));
+    lp.flush(c);
+    redis.kill();
+    assert!(matches!(lp.next_event(c), Event::Down { .. }));
+    assert_eq!(lp.next_event(c), Event::Lost { tag, sent: true });
+    assert!(!lp.conns[c].is_up());
+    assert_eq!(
+        lp.conns[c].push(99, &cmd(&["PING"]), Instant::now()),
+        Err(99)
+    );
+
+    // Back on the same port with its append-only file: the link reconnects
+    // by itself (after failed attempts while Redis is down) and the data
+    // acknowledged before the crash is there.
+    redis.restart();
+    lp.up(c);
+    assert_eq!(lp.call(c, &cmd(&["GET", "k"])), bulk("v"));
+}
+
+#[test]
+fn a_round_is_published_with_consecutive_ids_and_cids_deduplicated() {
+    let Some(redis) = Redis::start() else { return };
+    let commands = Commands::new(CHAT);
+    let mut lp = Loop::new();
+    let c = lp.connect(&redis, "n1");
+    lp.up(c);
+
+    let round = [
+        message("one", None),
+        message("two", Some("c2")),
+        message("three", Some("c3")),
+    ];
+    let reply = lp.call(c, &commands.publish(&round, BOUND, CID_TTL));
+    assert_eq!(
+        parse_publish(reply).unwrap(),
+        vec![Published::New(1), Published::New(2), Published::New(3)]
+    );
+
+    // A resent cid (from the last round), a new message, and the same new
+    // cid twice in one round: only one new id, and each duplicate answers
+    // with the message as first stored.
+    let round = [
+        message("two again", Some("c2")),
+        message("four", Some("c4")),
+        message("four again", Some("c4")),
+    ];
+    let reply = lp.call(c, &commands.publish(&round, BOUND, CID_TTL));
+    assert_eq!(
+        parse_publish(reply).unwrap(),
+        vec![
+            Published::Duplicate {
+                id: 2,
+                stored: Some(stored(2, "two", Some("c2")))
+            },
+            Published::New(4),
+            Published::Duplicate {
+                id: 4,
+                stored: Some(stored(4, "four", Some("c4")))
+            },
+        ]
+    );
+    let ttl = lp.call(c, &cmd(&["TTL", "{test}:cid:c4"]));
+    assert!(
+        matches!(ttl, Frame::Integer(t) if t > 86_000 && t <= 86_400),
+        "{ttl:?}"
+    );
+
+    // Read back from the start: the stream holds exactly ids 1..=4 in order.
+    let cursor = Cursor {
+        message: 0,
+        presence: "0-0".into(),
+    };
+    let reply = lp.call(c, &commands.read(&cursor, Duration::from_millis(10), 100));
+    assert_eq!(
+        commands.parse_read(reply).unwrap(),
+        vec![
+            Delivery::Message(stored(1, "one", None)),
+            Delivery::Message(stored(2, "two", Some("c2"))),
+            Delivery::Message(stored(3, "three", Some("c3"))),
+            Delivery::Message(stored(4, "four", Some("c4"))),
+        ]
+    );
+
+    // The history is bounded: after 1000 more with a bound of 100, about
+    // 100 remain (MAXLEN ~ trims whole nodes), and a cid whose message was
+    // trimmed still answers with its id.
+    let many: Vec<NewMessage> = (0..1000).map(|i| message(&format!("m{i}"), None)).collect();
+    let reply = lp.call(c, &commands.publish(&many, 100, CID_TTL));
+    assert_eq!(
+        parse_publish(reply).unwrap().last(),
+        Some(&Published::New(1004))
+    );
+    let Frame::Integer(len) = lp.call(c, &cmd(&["XLEN", "{test}:history"])) else {
+        panic!()
+    };
+    assert!((100..300).contains(&len), "{len} entries left");
+    let reply = lp.call(
+        c,
+        &commands.publish(&[message("two", Some("c2"))], 100, CID_TTL),
+    );
+    assert_eq!(
+        parse_publish(reply).unwrap(),
+        vec![Published::Duplicate {
+            id: 2,
+            stored: None
+        }]
+    );
+
+    // A Redis error comes back as an error, not as a result.
+    lp.call(c, &cmd(&["DEL", "{test}:history"]));
+    lp.call(c, &cmd(&["SET", "{test}:history", "not a stream"]));
+    let err = parse_publish(lp.call(c, &commands.publish(&[message("x", None)], BOUND, CID_TTL)))
+        .unwrap_err();
+    assert!(err.to_string().contains("WRONGTYPE"), "{err}");
+}
+
+/// Every presence event on the stream after `cursor`, which moves past them.
+fn presence(
+    lp: &mut Loop,
+    c: usize,
+    commands: &Commands,
+    cursor: &mut Cursor,
+) -> Vec<(PresenceKind, String, String, u64)> {
+    let reply = lp.call(c, &commands.read(cursor, Duration::from_millis(10), 100));
+    let deliveries = commands.parse_read(reply).unwrap();
+    cursor.advance(&deliveries);
+    deliveries
+        .into_iter()
+        .map(|d| match d {
+            Delivery::Presence(Presence {
+                kind,
+                name,
+                node,
+                online,
+                ..
+            }) => (kind, name, node, online),
+            other => panic!("expected presence, got {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn names_are_unique_across_nodes_case_insensitively() {
+    let Some(redis) = Redis::start() else { return };
+    let commands = Commands::new(CHAT);
+    let mut lp = Loop::new();
+    let c = lp.connect(&redis, "n1");
+    lp.up(c);
+    let ttl = Duration::from_secs(10);
+    assert!(parse_alive(lp.call(c, &commands.register("a", ttl))).unwrap());
+    assert!(parse_alive(lp.call(c, &commands.register("b", ttl))).unwrap());
+    let pttl = lp.call(c, &cmd(&["PTTL", "{test}:node:a:alive"]));
+    assert!(
+        matches!(pttl, Frame::Integer(t) if t > 9_000 && t <= 10_000),
+        "{pttl:?}"
+    );
+
+    let claim = |lp: &mut Loop, node, name| {
+        parse_claim(lp.call(c, &commands.claim(node, name, BOUND))).unwrap()
+    };
+    let release = |lp: &mut Loop, node, name| {
+        parse_release(lp.call(c, &commands.release(node, name, BOUND))).unwrap()
+    };
+    assert_eq!(claim(&mut lp, "a", "Dave"), Claim::Claimed { online: 1 });
+    assert_eq!(claim(&mut lp, "b", "dAVE"), Claim::Taken);
+    assert_eq!(claim(&mut lp, "b", "Ann"), Claim::Claimed { online: 2 });
+    assert_eq!(claim(&mut lp, "ghost", "Zoe"), Claim::NotRegistered);
+    assert_eq!(
+        parse_who(lp.call(c, &commands.who())).unwrap(),
+        vec!["Ann", "Dave"]
+    );
+    assert_eq!(release(&mut lp, "b", "Dave"), None, "b does not hold Dave");
+    assert_eq!(release(&mut lp, "a", "DAVE"), Some(1));
+    assert_eq!(release(&mut lp, "a", "Dave"), None, "released once");
+    assert_eq!(claim(&mut lp, "b", "DAVE"), Claim::Claimed { online: 2 });
+    assert_eq!(
+        parse_who(lp.call(c, &commands.who())).unwrap(),
+        vec!["Ann", "DAVE"]
+    );
+
+    use PresenceKind::{Joined, Left};
+    let mut cursor = Cursor {
+        message: 0,
+        presence: "0-0".into(),
+    };
+    assert_eq!(
+        presence(&mut lp, c, &commands, &mut cursor),
+        vec![
+            (Joined, "Dave".into(), "a".into(), 1),
+            (Joined, "Ann".into(), "b".into(), 2),
+            (Left, "Dave".into(), "a".into(), 1),
+            (Joined, "DAVE".into(), "b".into(), 2),
+        ]
+    );
+    assert_eq!(
+        presence(&mut lp, c, &commands, &mut cursor),
+        vec![],
+        "the cursor moved past them"
+    );
+}
+
+#[test]
+fn a_dead_nodes_users_leave_once_even_when_two_nodes_reap_at_once() {
+    let Some(redis) = Redis::start() else { return };
+    let commands = Commands::new(CHAT);
+    let mut lp = Loop::new();
+    let (x, y) = (lp.connect(&redis, "x"), lp.connect(&redis, "y"));
+    lp.up(x);
+    lp.up(y);
+    let ttl = Duration::from_secs(10);
+    for node in ["dead", "live"] {
+        assert!(parse_alive(lp.call(x, &commands.register(node, ttl))).unwrap());
+    }
+    for (node, name) in [("dead", "Ann"), ("dead", "Bob"), ("live", "Cy")] {
+        assert!(matches!(
+            parse_claim(lp.call(x, &commands.claim(node, name, BOUND))).unwrap(),
+            Claim::Claimed { .. }
+        ));
+    }
+    assert!(parse_alive(lp.call(x, &commands.refresh("live", ttl))).unwrap());
+    let mut cursor = Cursor {
+        message: 0,
+        presence: "0-0".into(),
+    };
+    assert_eq!(presence(&mut lp, x, &commands, &mut cursor).len(), 3);
+
+    // Nothing has expired: reaping finds nobody.
+    assert_eq!(
+        parse_reap(lp.call(x, &commands.reap(BOUND))).unwrap(),
+        vec![]
+    );
+
+    // "dead" stops refreshing; its key's expiry is brought forward to the
+    // past (what the TTL does after 10 s), then both nodes reap at once:
+    // the two scripts run one after the other, and only the first finds
+    // anything to do.
+    lp.call(x, &cmd(&["PEXPIREAT", "{test}:node:dead:alive", "1"]));
+    let (tx, ty) = (
+        lp.push(x, &commands.reap(BOUND)),
+        lp.push(y, &commands.reap(BOUND)),
+    );
+    lp.flush(x);
+    lp.flush(y);
+    let mut reaped = vec![
+        parse_reap(lp.reply(x, tx)).unwrap(),
+        parse_reap(lp.reply(y, ty)).unwrap(),
+    ];
+    reaped.sort();
+    let users = reaped.pop().unwrap();
+    assert_eq!(reaped, vec![vec![]], "the second reaper found nothing");
+    let mut names: Vec<&str> = users.iter().map(|(_, name)| name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["Ann", "Bob"]);
+    assert!(users.iter().all(|(node, _)| node == "dead"));
+
+    // One `left` each, in the order reaped, the online count going down
+    // from the three there were; the names are free; the dead node cannot
+    // carry on.
+    use PresenceKind::Left;
+    let expected: Vec<_> = users
+        .iter()
+        .zip([2, 1])
+        .map(|((node, name), online)| (Left, name.clone(), node.clone(), online))
+        .collect();
+    assert_eq!(presence(&mut lp, x, &commands, &mut cursor), expected);
+    assert_eq!(parse_who(lp.call(x, &commands.who())).unwrap(), vec!["Cy"]);
+    assert!(!parse_alive(lp.call(x, &commands.refresh("dead", ttl))).unwrap());
+    assert_eq!(
+        parse_claim(lp.call(x, &commands.claim("dead", "Dan", BOUND))).unwrap(),
+        Claim::NotRegistered
+    );
+    assert_eq!(
+        parse_claim(lp.call(x, &commands.claim("live", "ann", BOUND))).unwrap(),
+        Claim::Claimed { online: 2 }
+    );
+    assert_eq!(
+        parse_release(lp.call(x, &commands.release("dead", "Bob", BOUND))).unwrap(),
+        None,
+        "left once"
+    );
+}
+
+#[test]
+fn the_epoch_is_created_once_kept_by_the_append_only_file_and_new_after_data_loss() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let commands = Commands::new(CHAT);
+    let mut lp = Loop::new();
+    let (x, y) = (lp.connect(&redis, "x"), lp.connect(&redis, "y"));
+    lp.up(x);
+    lp.up(y);
+    let (first, second) = (random_token(), random_token());
+    assert_eq!(
+        parse_epoch(lp.call(x, &commands.epoch(&first))).unwrap(),
+        first
+    );
+    assert_eq!(
+        parse_epoch(lp.call(y, &commands.epoch(&second))).unwrap(),
+        first,
+        "created once"
+    );
+
+    redis.restart();
+    lp.up(x);
+    assert_eq!(
+        parse_epoch(lp.call(x, &commands.epoch(&second))).unwrap(),
+        first,
+        "survives a crash"
+    );
+
+    // A Redis that lost its data: the next node to ask makes a new epoch.
+    lp.call(x, &cmd(&["FLUSHALL"]));
+    assert_eq!(
+        parse_epoch(lp.call(x, &commands.epoch(&second))).unwrap(),
+        second
+    );
+}
+
+#[test]
+fn a_reader_resumes_after_a_redis_crash_without_a_gap_or_a_duplicate() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let commands = Commands::new(CHAT);
+    let mut lp = Loop::new();
+    let (writer, reader) = (lp.connect(&redis, "w"), lp.connect(&redis, "r"));
+    lp.up(writer);
+    lp.up(reader);
+    let block = Duration::from_secs(5);
+    let mut cursor = Cursor {
+        message: 0,
+        presence: "0-0".into(),
+    };
+    let mut seen: Vec<u64> = Vec::new();
+
+    // The reader blocks first; the writer publishes five rounds of two; the
+    // reader takes at most three per read, so it reads several times.
+    let mut read = lp.push(reader, &commands.read(&cursor, block, 3));
+    lp.flush(reader);
+    let publish = |lp: &mut Loop, from: usize, to: usize| {
+        for round in (from..to).step_by(2) {
+            let msgs = [
+                message(&format!("m{round}"), Some(&format!("c{round}"))),
+                message(&format!("m{}", round + 1), None),
+            ];
+            let ids =
+                parse_publish(lp.call(writer, &commands.publish(&msgs, BOUND, CID_TTL))).unwrap();
+            assert_eq!(
+                ids,
+                vec![
+                    Published::New(round as u64 + 1),
+                    Published::New(round as u64 + 2)
+                ]
+            );
+        }
+    };
+    publish(&mut lp, 0, 10);
+    let take = |lp: &mut Loop, cursor: &mut Cursor, read: u64, seen: &mut Vec<u64>| {
+        let deliveries = commands.parse_read(lp.reply(reader, read)).unwrap();
+        cursor.advance(&deliveries);
+        seen.extend(deliveries.iter().map(|d| match d {
+            Delivery::Message(m) => m.id,
+            other => panic!("{other:?}"),
+        }));
+    };
+    while seen.len() < 6 {
+        take(&mut lp, &mut cursor, read, &mut seen);
+        read = lp.push(reader, &commands.read(&cursor, block, 3));
+        lp.flush(reader);
+    }
+
+    // Redis crashes with a read in flight and four messages unread.
+    redis.kill();
+    assert!(matches!(lp.next_event(reader), Event::Down { .. }));
+    assert_eq!(
+        lp.next_event(reader),
+        Event::Lost {
+            tag: read,
+            sent: true
+        }
+    );
+    assert!(matches!(lp.next_event(writer), Event::Down { .. }));
+    redis.restart();
+    lp.up(writer);
+    lp.up(reader);
+
+    // More traffic after the restart; the reader carries on from its
+    // cursor: every id exactly once, in order.
+    publish(&mut lp, 10, 14);
+    while seen.len() < 14 {
+        read = lp.push(reader, &commands.read(&cursor, block, 3));
+        lp.flush(reader);
+        take(&mut lp, &mut cursor, read, &mut seen);
+    }
+    assert_eq!(seen, (1..=14).collect::<Vec<u64>>());
+    assert_eq!(cursor.message, 14);
+
+    // Nothing more: a read times out empty.
+    let last = lp.call(
+        reader,
+        &commands.read(&cursor, Duration::from_millis(50), 3),
+    );
+    assert_eq!(commands.parse_read(last).unwrap(), vec![]);
+}
