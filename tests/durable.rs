@@ -306,6 +306,10 @@ fn kill_9_under_load_loses_no_acknowledged_message_and_reuses_no_id() {
         // next server: each must then be in history exactly once.
         let server = Server::start(&db, &["--max-resume", "1000000", "--history", "50"]);
         let (mut resender, _) = resume(server.addr, &format!("resend{round}"), None, None);
+        // The new server's first id: above every id ever seen, and above
+        // every id the killed server could have handed out.
+        resender.send(json!({"type": "dm", "to": format!("resend{round}"), "text": "first"}));
+        let first_id = resender.recv()["id"].as_u64().unwrap();
         let mut resent = 0;
         for record in &records {
             for message in record.seen.values() {
@@ -324,18 +328,22 @@ fn kill_9_under_load_loses_no_acknowledged_message_and_reuses_no_id() {
                 }
             }
         }
+        let mut stored_before = 0;
         for _ in 0..resent {
             let ack = resender.recv();
+            stored_before += usize::from(ack["id"].as_u64().unwrap() < first_id);
             assert_eq!(ack["type"], "message", "{ack}");
             let id = ack["id"].as_u64().unwrap();
             seen.insert(id, ack.clone());
         }
-        max_id = max_id.max(seen.keys().copied().max().unwrap_or(0));
-        // A new DM and message continue above every id ever seen.
-        resender.send(json!({"type": "dm", "to": format!("resend{round}"), "text": "after"}));
-        let dm = resender.recv();
-        assert!(dm["id"].as_u64().unwrap() > max_id, "{dm} reuses an id");
-        max_id = dm["id"].as_u64().unwrap();
+        eprintln!(
+            "round {round}: killed after {kill_after} acknowledgements; {resent} resent, \
+             {stored_before} of them stored before the kill"
+        );
+        assert!(first_id > max_id, "id {first_id} was handed out before");
+        max_id = max_id
+            .max(first_id)
+            .max(seen.keys().copied().max().unwrap_or(0));
         let (_, welcome) = resume(
             server.addr,
             &format!("final{round}"),

@@ -549,3 +549,221 @@ fn without(delivery: &mut Delivery, conn: UserId) -> bool {
         _ => true,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::room::RoomConfig;
+    use crate::chat::store::memory::MemoryStore;
+    use crate::chat::store::{Store, StoreError, Summary};
+    use crate::proto::protocol::Timestamp;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const ALICE: UserId = 1;
+    const BOB: UserId = 2;
+
+    /// A memory store whose writes fail while `full` is set.
+    struct Flaky {
+        inner: MemoryStore,
+        full: Arc<AtomicBool>,
+    }
+
+    impl Store for Flaky {
+        fn epoch(&self) -> &str {
+            self.inner.epoch()
+        }
+        fn reserved_through(&self) -> u64 {
+            self.inner.reserved_through()
+        }
+        fn may_block(&self) -> bool {
+            false
+        }
+        fn keeps_everything(&self) -> bool {
+            false
+        }
+        fn append(
+            &mut self,
+            commits: &[Commit],
+        ) -> Result<Vec<Vec<crate::chat::store::Duplicate>>, StoreError> {
+            if self.full.load(Ordering::SeqCst) {
+                return Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                    None,
+                )));
+            }
+            self.inner.append(commits)
+        }
+        fn after(
+            &mut self,
+            room: &str,
+            since: u64,
+            below: u64,
+            limit: usize,
+        ) -> Result<Vec<Arc<ChatMessage>>, StoreError> {
+            self.inner.after(room, since, below, limit)
+        }
+        fn before(
+            &mut self,
+            room: &str,
+            before: u64,
+            limit: usize,
+        ) -> Result<Vec<Arc<ChatMessage>>, StoreError> {
+            self.inner.before(room, before, limit)
+        }
+        fn summary(&mut self, room: &str) -> Result<Summary, StoreError> {
+            self.inner.summary(room)
+        }
+    }
+
+    /// A room with Alice in it, a publisher over a flaky store (run
+    /// inline: each `pump` is one commit), and the store's switch.
+    fn setup() -> (Room, Publisher, Arc<AtomicBool>) {
+        let full = Arc::new(AtomicBool::new(false));
+        let store = Flaky {
+            inner: MemoryStore::new(100),
+            full: Arc::clone(&full),
+        };
+        let mut worker = Worker::new(Box::new(store));
+        // An inline store needs no wakeup; a waker on a throwaway poll
+        // stands in for the loop's.
+        let poll = mio::Poll::new().unwrap();
+        let waker = mio::Waker::new(poll.registry(), mio::Token(0)).unwrap();
+        worker.start(Wakeup::for_tests(waker));
+        let mut room = Room::new(RoomConfig::default(), "e".into());
+        let mut publisher = Publisher::new(worker, false, 1000, 0);
+        let mut releases = Vec::new();
+        request(
+            &mut room,
+            &mut publisher,
+            ALICE,
+            join("alice"),
+            &mut releases,
+        );
+        publisher.pump(&mut room, &mut releases);
+        (room, publisher, full)
+    }
+
+    fn join(name: &str) -> Request {
+        Request::Join {
+            name: name.into(),
+            since: None,
+            epoch: None,
+        }
+    }
+
+    fn say(text: &str, cid: &str) -> Request {
+        Request::Say {
+            text: text.into(),
+            cid: Cid::new(cid),
+        }
+    }
+
+    /// Runs one request through the room and into the publisher.
+    fn request(
+        room: &mut Room,
+        publisher: &mut Publisher,
+        user: UserId,
+        request: Request,
+        releases: &mut Vec<Release>,
+    ) {
+        let query = publisher.query(room, &request);
+        let mut deliveries = Vec::new();
+        room.handle(user, request, Timestamp::now(), &mut deliveries);
+        publisher.admit(user, deliveries.into_iter(), query, room, releases);
+    }
+
+    /// A compact view of releases: (kind, recipient, ids in it).
+    fn view(releases: &[Release]) -> Vec<(String, String, Vec<u64>)> {
+        releases
+            .iter()
+            .map(|release| match release {
+                Release::Subscribe(user) => ("subscribe".into(), user.to_string(), vec![]),
+                Release::Send(Delivery { to, message }) => {
+                    let json: serde_json::Value = serde_json::from_str(&message.to_json()).unwrap();
+                    let ids = match message {
+                        ServerMessage::Welcome { history, .. } => {
+                            history.iter().map(|m| m.id).collect()
+                        }
+                        ServerMessage::Message(m) => vec![m.id],
+                        _ => vec![],
+                    };
+                    let kind = match json["code"].as_str() {
+                        Some(code) => code.to_owned(),
+                        None => json["type"].as_str().unwrap().to_owned(),
+                    };
+                    (kind, format!("{to:?}"), ids)
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_join_during_a_pending_commit_waits_and_subscribes_after_the_message() {
+        let (mut room, mut publisher, _) = setup();
+        let mut releases = Vec::new();
+        request(
+            &mut room,
+            &mut publisher,
+            ALICE,
+            say("hi", "c1"),
+            &mut releases,
+        );
+        request(&mut room, &mut publisher, BOB, join("bob"), &mut releases);
+        // Nothing goes out before the commit, not even the welcome.
+        assert_eq!(releases, []);
+        publisher.pump(&mut room, &mut releases);
+        assert_eq!(
+            view(&releases),
+            [
+                ("message".into(), "Everyone".into(), vec![1]),
+                ("welcome".into(), "One(2)".into(), vec![1]),
+                ("subscribe".into(), "2".into(), vec![]),
+                ("joined".into(), "EveryoneExcept(2)".into(), vec![]),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_commit_answers_unavailable_and_is_forgotten() {
+        let (mut room, mut publisher, full) = setup();
+        let mut releases = Vec::new();
+        full.store(true, Ordering::SeqCst);
+        request(
+            &mut room,
+            &mut publisher,
+            ALICE,
+            say("lost", "c1"),
+            &mut releases,
+        );
+        request(&mut room, &mut publisher, BOB, join("bob"), &mut releases);
+        publisher.pump(&mut room, &mut releases);
+        assert_eq!(
+            view(&releases),
+            [
+                ("unavailable".into(), "One(1)".into(), vec![]),
+                ("welcome".into(), "One(2)".into(), vec![]),
+                ("subscribe".into(), "2".into(), vec![]),
+                ("joined".into(), "EveryoneExcept(2)".into(), vec![]),
+            ]
+        );
+        // The cid is free again, and the message goes out once stored.
+        full.store(false, Ordering::SeqCst);
+        releases.clear();
+        request(
+            &mut room,
+            &mut publisher,
+            ALICE,
+            say("lost", "c1"),
+            &mut releases,
+        );
+        publisher.pump(&mut room, &mut releases);
+        assert_eq!(
+            view(&releases),
+            [("message".into(), "Everyone".into(), vec![2])]
+        );
+        assert_eq!(
+            room.page(None, 10).iter().map(|m| m.id).collect::<Vec<_>>(),
+            [2]
+        );
+    }
+}

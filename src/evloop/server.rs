@@ -134,6 +134,16 @@ impl Wakeup {
         // If waking fails the loop is gone, and nobody is waiting.
         let _ = self.waker.wake();
     }
+
+    /// A wakeup on a waker of the caller's own, for unit tests of
+    /// services that run without a loop.
+    #[cfg(test)]
+    pub(crate) fn for_tests(waker: Waker) -> Wakeup {
+        Wakeup {
+            pending: Arc::new(AtomicBool::new(false)),
+            waker: Arc::new(waker),
+        }
+    }
 }
 
 /// What a service may do to connections while it handles an event. Sends
