@@ -295,7 +295,7 @@ impl Room {
         self.names.keys().copied()
     }
 
-    /// The next id the room will hand out; with persistence later it lets ids continue across restarts.
+    /// The next id the room will hand out.
     pub fn next_id(&self) -> u64 {
         self.next_id
     }
@@ -590,7 +590,8 @@ impl<T> Recent<T> {
             if let Some(oldest) = self.order.pop_front() {
                 // A cid forgotten and remembered again appears twice in
                 // `order`; dropping it at its first place forgets it a
-                // little early, which only sends a resend to the store.
+                // little early (a resent say is still caught by the
+                // store's unique index). Both are rare: a failed commit.
                 self.by_cid.remove(&oldest);
             }
         }
