@@ -3,10 +3,12 @@
 //! the main thread.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use miochat::chat::store::SyncMode;
 use miochat::chat::Chat;
 use miochat::evloop::config::{default_max_connections, LoopConfig};
 use miochat::evloop::server::Server;
@@ -58,9 +60,27 @@ struct Args {
     /// Connections one address may hold; 0 means no limit.
     #[arg(long, value_name = "N", default_value_t = 0)]
     max_connections_per_ip: usize,
+    /// The history database (SQLite), created if missing; :memory: keeps
+    /// history in memory only.
+    #[arg(long, value_name = "PATH", default_value = "miochat.db")]
+    db: PathBuf,
+    /// full: an acknowledged message survives power loss (one fsync per
+    /// group commit); normal: it survives a crash of the server, not of the
+    /// machine.
+    #[arg(long, value_enum, default_value_t = Sync::Full)]
+    sync: Sync,
     /// Log level (error, warn, info, debug, trace); overrides RUST_LOG.
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<log::LevelFilter>,
+}
+
+/// The values of `--sync`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Sync {
+    /// One fsync per group commit.
+    Full,
+    /// No fsync: the operating system writes when it likes.
+    Normal,
 }
 
 /// The longest duration a flag accepts: a year. Anything longer means
@@ -118,8 +138,19 @@ fn main() -> ExitCode {
         max_resume: args.max_resume,
         rate_limit: args.rate_limit,
         rate_burst: args.rate_burst,
+        db: args.db,
+        sync: match args.sync {
+            Sync::Full => SyncMode::Full,
+            Sync::Normal => SyncMode::Normal,
+        },
     };
-    let chat = Chat::new(&config);
+    let chat = match Chat::open(&config) {
+        Ok(chat) => chat,
+        Err(err) => {
+            log::error!("cannot open the history {}: {err}", config.db.display());
+            return ExitCode::FAILURE;
+        }
+    };
     let max_connections = config.net.max_connections;
     let server = match Server::bind(config.net, chat) {
         Ok(server) => server,

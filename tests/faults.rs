@@ -21,7 +21,7 @@ fn spawn_binary(nofile: u32, extra: &str) -> (Child, SocketAddr) {
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "ulimit -n {nofile} && exec \"$0\" 127.0.0.1:0 {extra}"
+            "ulimit -n {nofile} && exec \"$0\" 127.0.0.1:0 --db :memory: {extra}"
         ))
         .arg(env!("CARGO_BIN_EXE_mioserver"))
         .stderr(Stdio::piped())

@@ -2,6 +2,9 @@
 //! chat's, with their defaults. The command line fills them in; tests build
 //! them directly.
 
+use std::path::PathBuf;
+
+use crate::chat::store::{SyncMode, IN_MEMORY};
 use crate::evloop::config::LoopConfig;
 
 /// Everything a chat server is started with. Each field is one flag of
@@ -24,6 +27,12 @@ pub struct ServerConfig {
     /// Requests a connection may send at once before the limit applies
     /// (`--rate-burst`).
     pub rate_burst: u32,
+    /// The history database (`--db`); [`IN_MEMORY`] keeps nothing. The
+    /// library's default is memory, so that a server embedded in a test
+    /// writes no file; `mioserver`'s flag defaults to `miochat.db`.
+    pub db: PathBuf,
+    /// How hard each group commit works to survive (`--sync`).
+    pub sync: SyncMode,
 }
 
 impl Default for ServerConfig {
@@ -35,6 +44,8 @@ impl Default for ServerConfig {
             max_resume: 1000,
             rate_limit: 10.0,
             rate_burst: 20,
+            db: PathBuf::from(IN_MEMORY),
+            sync: SyncMode::Full,
         }
     }
 }

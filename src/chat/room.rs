@@ -138,6 +138,63 @@ impl Room {
         }
     }
 
+    /// Continues a history kept by a store: ids go on from `next_id`, and
+    /// `kept` (oldest first, at most the history length) are the latest
+    /// messages, whose `cid`s are known again. `dropped_through` is the
+    /// newest stored id older than them (0 when there is none): a resume
+    /// from before it needs the store.
+    pub fn restore(&mut self, next_id: u64, kept: Vec<Arc<ChatMessage>>, dropped_through: u64) {
+        self.next_id = self.next_id.max(next_id);
+        self.dropped_through = dropped_through;
+        for message in kept {
+            if let Some(cid) = &message.cid {
+                self.said.insert(cid.clone(), Arc::clone(&message));
+            }
+            self.history.push_back(message);
+        }
+    }
+
+    /// Takes back public message `id`, which could not be stored: it
+    /// leaves the history, and its `cid` means `replacement` from now on
+    /// (the message stored earlier with that `cid`), or nothing when the
+    /// store failed, so that a resend is posted afresh.
+    pub fn retract(&mut self, id: u64, replacement: Option<Arc<ChatMessage>>) {
+        // A retracted message is among the newest, so search from the end.
+        let Some(index) = self.history.iter().rposition(|message| message.id == id) else {
+            return;
+        };
+        let Some(message) = self.history.remove(index) else {
+            return;
+        };
+        if let Some(cid) = &message.cid {
+            match replacement {
+                Some(stored) => self.said.replace(cid, stored),
+                None => self.said.remove(cid),
+            }
+        }
+    }
+
+    /// Forgets the `cid` of a DM that could not be delivered, so that a
+    /// resend is posted afresh.
+    pub fn forget_dm(&mut self, cid: &Cid) {
+        self.dms.remove(cid);
+    }
+
+    /// Whether the kept history holds every message after `since`, so that
+    /// a resume from it needs no store.
+    pub fn keeps_since(&self, since: u64) -> bool {
+        since >= self.dropped_through
+    }
+
+    /// Whether the kept history answers a `history` page completely: it
+    /// holds `limit` messages below `before`, or nothing was ever dropped.
+    pub fn keeps_page(&self, before: Option<u64>, limit: usize) -> bool {
+        let below = before.map_or(self.history.len(), |before| {
+            self.history.partition_point(|message| message.id < before)
+        });
+        self.dropped_through == 0 || below >= limit
+    }
+
     /// The name of this room's history, as `welcome` carries it.
     pub fn epoch(&self) -> &str {
         &self.epoch
@@ -238,7 +295,7 @@ impl Room {
         self.names.keys().copied()
     }
 
-    /// The next id the room will hand out; with persistence later it lets ids continue across restarts.
+    /// The next id the room will hand out.
     pub fn next_id(&self) -> u64 {
         self.next_id
     }
@@ -515,10 +572,26 @@ impl<T> Recent<T> {
         self.by_cid.get(cid)
     }
 
+    /// Forgets a `cid` (its place in `order` is skipped when it comes up).
+    fn remove(&mut self, cid: &Cid) {
+        self.by_cid.remove(cid);
+    }
+
+    /// Changes what a remembered `cid` means.
+    fn replace(&mut self, cid: &Cid, value: T) {
+        if let Some(slot) = self.by_cid.get_mut(cid) {
+            *slot = value;
+        }
+    }
+
     /// Remembers `value` under a `cid` not yet remembered.
     fn insert(&mut self, cid: Cid, value: T) {
         if self.order.len() == CID_MEMORY {
             if let Some(oldest) = self.order.pop_front() {
+                // A cid forgotten and remembered again appears twice in
+                // `order`; dropping it at its first place forgets it a
+                // little early (a resent say is still caught by the
+                // store's unique index). Both are rare: a failed commit.
                 self.by_cid.remove(&oldest);
             }
         }

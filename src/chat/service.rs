@@ -6,6 +6,13 @@
 //! many clients receive it. It also answers `GET /healthz` and writes the
 //! server's log lines (never a DM's text).
 //!
+//! Public messages are stored before they are shown: the room's output
+//! goes through the [`Publisher`], which holds it until the store (on its
+//! own thread, see `store/worker.rs`) has committed what it depends on.
+//! The loop's two hooks drive it: at the end of every turn the turn's
+//! messages go to the store as one commit, and when the store wakes the
+//! loop what it finished is sent (`docs/durability.md`).
+//!
 //! A connection speaks JSON unless its first text frame is not a JSON
 //! object: then it is in plain-text mode for good (`plain.rs`), and gets
 //! readable lines instead of JSON.
@@ -18,10 +25,13 @@ use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::chat::config::ServerConfig;
 use crate::chat::plain::{self, Line};
+use crate::chat::publish::{Publisher, Release};
 use crate::chat::room::{Audience, Delivery, Room, RoomConfig};
+use crate::chat::store::worker::{Job, Worker};
+use crate::chat::store::{self, Commit, StoreError, MAIN_ROOM, RESERVE_BLOCK};
 use crate::evloop::http;
 use crate::evloop::outqueue::{Channel, FrameRef};
-use crate::evloop::server::{ConnId, Outbox, ServerHandle, Service};
+use crate::evloop::server::{ConnId, Outbox, ServerHandle, Service, Wakeup};
 use crate::proto::protocol::{
     parse_request, ErrorCode, ParseError, Request, ServerMessage, Timestamp,
 };
@@ -45,6 +55,10 @@ pub struct Chat {
     rate_burst: u32,
     /// The room's output for the request at hand; kept to reuse its memory.
     deliveries: Vec<Delivery>,
+    /// Holds the room's output until the store has what it needs.
+    publisher: Publisher,
+    /// What the publisher let out, to send; kept to reuse its memory.
+    releases: Vec<Release>,
     /// How many sessions are in plain-text mode. While none are, a
     /// broadcast skips looking up each recipient's mode.
     plain_sessions: usize,
@@ -150,34 +164,60 @@ impl<'round> Outgoing<'_, 'round> {
     }
 }
 
-/// A fresh epoch for a history that lives only in this process: the
-/// start time in nanoseconds and the process id, so that a restarted
-/// server (or another one started in the same instant) names a new one.
-fn new_epoch() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_nanos());
-    format!("{nanos:x}-{:x}", std::process::id())
-}
-
 impl Chat {
-    /// A chat with an empty room, configured from the server's settings.
-    pub fn new(config: &ServerConfig) -> Self {
-        Chat {
-            room: Room::new(
-                RoomConfig {
-                    history_len: config.history,
-                    max_text_chars: config.max_text_chars,
-                    max_resume: config.max_resume,
-                },
-                new_epoch(),
-            ),
+    /// A chat on the history `config.db` names (created if missing),
+    /// configured from the server's settings. It logs what the store
+    /// holds, and reserves the first block of ids before anything is said.
+    pub fn open(config: &ServerConfig) -> Result<Self, StoreError> {
+        let mut store = store::open(&config.db, config.sync, config.history)?;
+        let summary = store.summary(MAIN_ROOM)?;
+        // Every id up to the reservation may have been handed out (a DM
+        // leaves no other trace), so ids go on above it.
+        let next_id = store.reserved_through().max(summary.last_id) + 1;
+        let mut kept = store.before(MAIN_ROOM, u64::MAX, config.history.saturating_add(1))?;
+        let dropped_through = if kept.len() > config.history {
+            kept.remove(0).id
+        } else {
+            0
+        };
+        let reserved = next_id - 1 + RESERVE_BLOCK;
+        store.append(&[Commit {
+            room: MAIN_ROOM.into(),
+            messages: Vec::new(),
+            reserve_through: reserved,
+        }])?;
+        log::info!(
+            "history in {}: {} messages, last id {}, epoch {}",
+            config.db.display(),
+            summary.messages,
+            summary.last_id,
+            store.epoch()
+        );
+        let mut room = Room::new(
+            RoomConfig {
+                history_len: config.history,
+                max_text_chars: config.max_text_chars,
+                max_resume: config.max_resume,
+            },
+            store.epoch().to_owned(),
+        );
+        room.restore(next_id, kept, dropped_through);
+        let keeps_everything = store.keeps_everything();
+        Ok(Chat {
+            room,
             sessions: HashMap::new(),
             rate_limit: config.rate_limit,
             rate_burst: config.rate_burst,
             deliveries: Vec::new(),
+            publisher: Publisher::new(
+                Worker::new(store),
+                keeps_everything,
+                config.max_resume,
+                reserved,
+            ),
+            releases: Vec::new(),
             plain_sessions: 0,
-        }
+        })
     }
 
     /// Queues an error for one connection (sent by [`deliver`](Self::deliver)).
@@ -188,10 +228,23 @@ impl Chat {
         });
     }
 
-    /// Sends what the room produced, each message encoded at most once per
-    /// mode. A message for everyone is a broadcast: its cost does not grow
-    /// with the number of members.
-    fn deliver(&mut self, out: &mut Outbox<'_>) {
+    /// Hands what the room produced for a request of `conn` (and the store
+    /// `query` it needs) to the publisher, and sends what it lets out.
+    fn deliver(&mut self, conn: ConnId, query: Option<Job>, out: &mut Outbox<'_>) {
+        self.publisher.admit(
+            conn,
+            self.deliveries.drain(..),
+            query,
+            &mut self.room,
+            &mut self.releases,
+        );
+        self.send(out);
+    }
+
+    /// Sends what the publisher let out, each message encoded at most once
+    /// per mode. A message for everyone is a broadcast: its cost does not
+    /// grow with the number of members.
+    fn send(&mut self, out: &mut Outbox<'_>) {
         let sessions = &self.sessions;
         let any_plain = self.plain_sessions > 0;
         // The common case, nobody in plain-text mode, must not pay a hash
@@ -200,7 +253,14 @@ impl Chat {
             Some(session) => session.mode,
             None => Mode::Json,
         };
-        for Delivery { to, message } in self.deliveries.drain(..) {
+        for release in self.releases.drain(..) {
+            let Delivery { to, message } = match release {
+                Release::Send(delivery) => delivery,
+                Release::Subscribe(user) => {
+                    out.subscribe(user, mode_of(user).channel());
+                    continue;
+                }
+            };
             let mut outgoing = Outgoing {
                 message: &message,
                 json: None,
@@ -285,25 +345,28 @@ impl Service for Chat {
             } else {
                 let message = "slow down: too many requests".to_owned();
                 self.refuse(conn, ErrorCode::RateLimited, message);
-                self.deliver(out);
+                self.deliver(conn, None, out);
             }
             return;
         }
         session.strikes = 0;
         let peer = session.peer;
         let was_joined = self.room.is_joined(conn);
+        let mut query = None;
         if let Some(request) = self.understand(conn, text, out) {
+            query = self.publisher.query(&self.room, &request);
             self.room
                 .handle(conn, request, Timestamp::now(), &mut self.deliveries);
         }
         if !was_joined {
+            // The newcomer hears broadcasts once its welcome is sent (the
+            // publisher says when): see `publish.rs`.
             if let Some(name) = self.room.name(conn) {
                 out.admit(conn);
-                out.subscribe(conn, self.sessions[&conn].mode.channel());
                 log::info!("{peer} joined as {name} ({} online)", self.room.online());
             }
         }
-        self.deliver(out);
+        self.deliver(conn, query, out);
     }
 
     fn closed(&mut self, conn: ConnId, out: &mut Outbox<'_>) {
@@ -314,6 +377,7 @@ impl Service for Chat {
             self.plain_sessions -= 1;
         }
         let name = self.room.name(conn).map(str::to_owned);
+        self.publisher.forget(conn);
         self.room
             .leave(conn, Timestamp::now(), &mut self.deliveries);
         let online = self.room.online();
@@ -321,7 +385,21 @@ impl Service for Chat {
             Some(name) => log::info!("disconnect {} ({name}) ({online} online)", session.peer),
             None => log::info!("disconnect {} ({online} online)", session.peer),
         }
-        self.deliver(out);
+        self.deliver(conn, None, out);
+    }
+
+    fn attach(&mut self, wakeup: Wakeup) {
+        self.publisher.start(wakeup);
+    }
+
+    fn woken(&mut self, out: &mut Outbox<'_>) {
+        self.publisher.pump(&mut self.room, &mut self.releases);
+        self.send(out);
+    }
+
+    fn end_of_turn(&mut self, out: &mut Outbox<'_>) {
+        self.publisher.pump(&mut self.room, &mut self.releases);
+        self.send(out);
     }
 
     fn http_get(&mut self, path: &str) -> Vec<u8> {
@@ -341,7 +419,7 @@ impl Service for Chat {
 impl ServerHandle {
     /// Starts a chat server per `config` on its own thread.
     pub fn start(config: ServerConfig) -> io::Result<ServerHandle> {
-        let chat = Chat::new(&config);
+        let chat = Chat::open(&config).map_err(io::Error::other)?;
         ServerHandle::spawn(config.net, chat)
     }
 }

@@ -10,7 +10,8 @@
 //!    edge-triggered) or until its budget for this turn is spent; then it
 //!    waits on the backlog for the next turn, so one busy client cannot
 //!    starve the rest.
-//! 4. Due deadlines fire (handshake, join, ping, close linger).
+//! 4. Due deadlines fire (handshake, join, ping, close linger), and the
+//!    service ends its turn ([`Service::end_of_turn`]).
 //! 5. Every connection touched in this turn is settled once: the service
 //!    hears of the ones that closed, queued output is flushed with one
 //!    `writev`, WRITABLE interest is kept only while output waits, the next
@@ -44,7 +45,9 @@ pub type ConnId = usize;
 /// The listening socket's token. Connection tokens are slab keys, which
 /// start at 0, so the two fixed tokens sit at the top of the range.
 const LISTENER: Token = Token(usize::MAX - 1);
-/// The waker's token: another thread asked the loop to stop.
+/// The waker's token: another thread asked the loop to stop, or woke the
+/// service (see [`Wakeup`]). mio allows one waker per `Poll`, so both share
+/// it and each sets its own flag first.
 const WAKER: Token = Token(usize::MAX);
 
 /// Completed connections the kernel holds for us until we accept them.
@@ -96,6 +99,51 @@ pub trait Service {
     /// A plain HTTP `GET` (not an upgrade) for `path`; returns the complete
     /// response, see [`crate::evloop::http::response`]. The connection closes after it.
     fn http_get(&mut self, path: &str) -> Vec<u8>;
+
+    /// Called once, before the loop runs: a handle with which another
+    /// thread (a completion source, such as a store thread) wakes the
+    /// loop and has [`woken`](Self::woken) called. By default unused.
+    fn attach(&mut self, _wakeup: Wakeup) {}
+
+    /// [`Wakeup::wake`] was called since the last call (once or several
+    /// times; spurious calls are harmless). Called on the loop's thread,
+    /// in the turn that noticed it, before [`end_of_turn`](Self::end_of_turn).
+    fn woken(&mut self, _out: &mut Outbox<'_>) {}
+
+    /// Called once at the end of every turn, after the input and the
+    /// deadlines and before the output is written: the place to hand the
+    /// turn's work to another thread in one piece, or to send what was
+    /// held back.
+    fn end_of_turn(&mut self, _out: &mut Outbox<'_>) {}
+}
+
+/// Wakes the loop from another thread to call [`Service::woken`]; see
+/// [`Service::attach`]. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Wakeup {
+    /// Set before waking; the loop clears it and calls the service.
+    pending: Arc<AtomicBool>,
+    /// Wakes the loop out of `poll`.
+    waker: Arc<Waker>,
+}
+
+impl Wakeup {
+    /// Has the loop call [`Service::woken`] soon; never blocks.
+    pub fn wake(&self) {
+        self.pending.store(true, Ordering::SeqCst);
+        // If waking fails the loop is gone, and nobody is waiting.
+        let _ = self.waker.wake();
+    }
+
+    /// A wakeup on a waker of the caller's own, for unit tests of
+    /// services that run without a loop.
+    #[cfg(test)]
+    pub(crate) fn for_tests(waker: Waker) -> Wakeup {
+        Wakeup {
+            pending: Arc::new(AtomicBool::new(false)),
+            waker: Arc::new(waker),
+        }
+    }
 }
 
 /// What a service may do to connections while it handles an event. Sends
@@ -268,6 +316,8 @@ pub struct Server<S> {
     config: LoopConfig,
     /// Shared with [`Shutdown`] handles.
     shutdown: Shutdown,
+    /// The flag of the service's [`Wakeup`].
+    woken: Arc<AtomicBool>,
     /// When a graceful shutdown gives up waiting for clients.
     shutdown_by: Option<Instant>,
     /// The serial number for the next connection.
@@ -294,13 +344,18 @@ pub struct Server<S> {
 
 impl<S: Service> Server<S> {
     /// Binds the listening socket and prepares the loop; [`run`](Self::run) starts it.
-    pub fn bind(config: LoopConfig, service: S) -> io::Result<Self> {
+    pub fn bind(config: LoopConfig, mut service: S) -> io::Result<Self> {
         let poll = Poll::new()?;
         let mut listener = listen(config.addr)?;
         let local_addr = listener.local_addr()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let woken = Arc::new(AtomicBool::new(false));
+        service.attach(Wakeup {
+            pending: Arc::clone(&woken),
+            waker: Arc::clone(&waker),
+        });
         Ok(Server {
             poll,
             listener: Some(listener),
@@ -313,6 +368,7 @@ impl<S: Service> Server<S> {
                 requested: Arc::new(AtomicBool::new(false)),
                 waker,
             },
+            woken,
             shutdown_by: None,
             next_serial: 0,
             per_ip: HashMap::new(),
@@ -358,6 +414,14 @@ impl<S: Service> Server<S> {
                         if self.shutdown.requested.load(Ordering::SeqCst) {
                             self.begin_shutdown(now);
                         }
+                        if self.woken.swap(false, Ordering::SeqCst) {
+                            let mut out = self.round.outbox(
+                                &mut self.conns,
+                                now,
+                                self.config.max_outbound_bytes,
+                            );
+                            self.service.woken(&mut out);
+                        }
                     }
                     Token(key) => {
                         // Readable, or hung up, or an error: reading finds
@@ -377,6 +441,10 @@ impl<S: Service> Server<S> {
                 self.read(key, now);
             }
             self.fire_deadlines(now);
+            let mut out = self
+                .round
+                .outbox(&mut self.conns, now, self.config.max_outbound_bytes);
+            self.service.end_of_turn(&mut out);
             self.settle(now)?;
             if let Some(deadline) = self.shutdown_by {
                 if self.conns.is_empty() || now >= deadline {

@@ -1,0 +1,274 @@
+//! The store as the event loop sees it: a completion source. The loop
+//! submits [`Job`]s, each under a [`Ticket`] (tickets increase by one), and
+//! later collects what was [`Done`], in ticket order. It never waits.
+//!
+//! A store that may block (SQLite) runs on a thread of its own, which owns
+//! the write connection. The thread takes every job queued since it last
+//! looked and stores all the queued commits in one transaction: a group
+//! commit, so one fsync covers every message that arrived while the
+//! previous one was being written, however many that is. Then it sends
+//! what was done back over a channel and wakes the loop through the loop's
+//! [`Wakeup`]. A store that never blocks (memory) runs inline instead, when
+//! the loop collects, with the same code.
+
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::chat::store::{Commit, Duplicate, RoomName, Store, StoreError};
+use crate::evloop::server::Wakeup;
+use crate::proto::protocol::ChatMessage;
+
+/// Names one job; the loop hands them out in increasing order, one by one.
+pub type Ticket = u64;
+
+/// Work for the store.
+#[derive(Debug)]
+pub enum Job {
+    /// Store these messages (and this reservation).
+    Append(Commit),
+    /// The messages of `room` above `since` and below `below`, at most
+    /// `limit`: a resume.
+    After {
+        room: RoomName,
+        since: u64,
+        below: u64,
+        limit: usize,
+    },
+    /// The latest messages of `room` below `before`, at most `limit`: a
+    /// page of `history`.
+    Before {
+        room: RoomName,
+        before: u64,
+        limit: usize,
+    },
+}
+
+/// How a job ended.
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    /// The commit is durable; these of its messages were duplicates and
+    /// were not stored.
+    Stored(Vec<Duplicate>),
+    /// The commit could not be stored: none of it is (disk full, file
+    /// unwritable). The error was logged.
+    Failed,
+    /// A query's answer; `None` when it failed (logged).
+    Found(Option<Vec<Arc<ChatMessage>>>),
+}
+
+/// A finished job.
+#[derive(Debug, PartialEq)]
+pub struct Done {
+    /// The job's ticket.
+    pub ticket: Ticket,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+/// A store and what its runner remembers between batches of jobs.
+struct Engine {
+    /// The store.
+    store: Box<dyn Store>,
+    /// Whether the last write failed: a failure is logged once per
+    /// episode, and its end once.
+    failing: bool,
+    /// Transactions committed, for the exit log line (one fsync each with
+    /// `--sync full`).
+    transactions: u64,
+    /// Messages stored.
+    messages: u64,
+}
+
+impl Engine {
+    /// Runs `jobs` in order, each run of consecutive commits as one
+    /// transaction, and sends what was done.
+    fn run(&mut self, jobs: &mut Vec<(Ticket, Job)>, done: &Sender<Done>) {
+        let mut jobs = jobs.drain(..).peekable();
+        let mut commits = Vec::new();
+        let mut tickets = Vec::new();
+        while let Some((ticket, job)) = jobs.next() {
+            let outcome = match job {
+                Job::Append(commit) => {
+                    commits.push(commit);
+                    tickets.push(ticket);
+                    if matches!(jobs.peek(), Some((_, Job::Append(_)))) {
+                        continue;
+                    }
+                    self.append(&mut commits, &mut tickets, done);
+                    continue;
+                }
+                Job::After {
+                    room,
+                    since,
+                    below,
+                    limit,
+                } => self.store.after(&room, since, below, limit),
+                Job::Before {
+                    room,
+                    before,
+                    limit,
+                } => self.store.before(&room, before, limit),
+            };
+            let found = outcome
+                .map_err(|err| log::error!("cannot read the history: {err}"))
+                .ok();
+            // The loop outlives its worker; if it is gone, nobody waits.
+            let _ = done.send(Done {
+                ticket,
+                outcome: Outcome::Found(found),
+            });
+        }
+    }
+
+    /// Stores `commits` in one transaction and answers each ticket.
+    fn append(
+        &mut self,
+        commits: &mut Vec<Commit>,
+        tickets: &mut Vec<Ticket>,
+        done: &Sender<Done>,
+    ) {
+        let result = self.store.append(commits);
+        let outcomes: Vec<Outcome> = match result {
+            Ok(duplicates) => {
+                self.transactions += 1;
+                self.messages += commits.iter().map(|c| c.messages.len() as u64).sum::<u64>();
+                if std::mem::take(&mut self.failing) {
+                    log::warn!("storing messages again");
+                }
+                duplicates.into_iter().map(Outcome::Stored).collect()
+            }
+            Err(err) => {
+                self.log_failure(&err);
+                commits.iter().map(|_| Outcome::Failed).collect()
+            }
+        };
+        for (ticket, outcome) in tickets.drain(..).zip(outcomes) {
+            let _ = done.send(Done { ticket, outcome });
+        }
+        commits.clear();
+    }
+
+    /// Logs a failed write, once until writing works again.
+    fn log_failure(&mut self, err: &StoreError) {
+        if !self.failing {
+            self.failing = true;
+            log::error!(
+                "cannot store messages ({err}): their senders get error unavailable \
+                 until the store can be written again"
+            );
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if self.transactions > 0 {
+            log::info!(
+                "store: {} messages in {} group commits",
+                self.messages,
+                self.transactions
+            );
+        }
+    }
+}
+
+/// Where the store runs.
+enum Place {
+    /// Not started yet (blocking stores wait for the loop's [`Wakeup`]):
+    /// jobs queue in the channel.
+    Waiting(Engine, Receiver<(Ticket, Job)>, Sender<Done>),
+    /// On the loop's thread, when jobs are collected.
+    Inline(Engine, Receiver<(Ticket, Job)>, Sender<Done>),
+    /// On its own thread.
+    Thread(JoinHandle<()>),
+    /// Gone (only while dropping).
+    Stopped,
+}
+
+/// The loop's handle on the store; see the module docs.
+pub struct Worker {
+    /// Jobs to the store, in ticket order. `None` once dropping.
+    jobs: Option<Sender<(Ticket, Job)>>,
+    /// What the store has done, in ticket order.
+    done: Receiver<Done>,
+    /// Where the store runs.
+    place: Place,
+}
+
+impl Worker {
+    /// A worker for `store`; jobs may be submitted at once, and a
+    /// blocking store starts working on [`start`](Self::start).
+    pub fn new(store: Box<dyn Store>) -> Self {
+        let (jobs_tx, jobs_rx) = mpsc::channel();
+        let (done_tx, done_rx) = mpsc::channel();
+        let engine = Engine {
+            store,
+            failing: false,
+            transactions: 0,
+            messages: 0,
+        };
+        Worker {
+            jobs: Some(jobs_tx),
+            done: done_rx,
+            place: Place::Waiting(engine, jobs_rx, done_tx),
+        }
+    }
+
+    /// Starts the store: on its own thread, which wakes the loop with
+    /// `wakeup` after each batch, when it may block; else inline.
+    pub fn start(&mut self, wakeup: Wakeup) {
+        let Place::Waiting(mut engine, jobs, done) =
+            std::mem::replace(&mut self.place, Place::Stopped)
+        else {
+            return;
+        };
+        if !engine.store.may_block() {
+            self.place = Place::Inline(engine, jobs, done);
+            return;
+        }
+        let thread = std::thread::Builder::new()
+            .name("miochat-store".into())
+            .spawn(move || {
+                // Blocks for the first job, then takes all that queued
+                // behind it: they are one group commit.
+                let mut batch = Vec::new();
+                while let Ok(job) = jobs.recv() {
+                    batch.push(job);
+                    batch.extend(jobs.try_iter());
+                    engine.run(&mut batch, &done);
+                    wakeup.wake();
+                }
+            })
+            .expect("the store thread starts");
+        self.place = Place::Thread(thread);
+    }
+
+    /// Queues a job; it never waits.
+    pub fn submit(&mut self, ticket: Ticket, job: Job) {
+        if let Some(jobs) = &self.jobs {
+            // The receiver lives as long as the worker.
+            let _ = jobs.send((ticket, job));
+        }
+    }
+
+    /// Appends what has been done since the last call, in ticket order
+    /// (an inline store does its work now).
+    pub fn collect(&mut self, into: &mut Vec<Done>) {
+        if let Place::Inline(engine, jobs, done) = &mut self.place {
+            let mut batch: Vec<_> = jobs.try_iter().collect();
+            engine.run(&mut batch, done);
+        }
+        into.extend(self.done.try_iter());
+    }
+}
+
+impl Drop for Worker {
+    /// Lets the store finish what was submitted, then stops it.
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Place::Thread(thread) = std::mem::replace(&mut self.place, Place::Stopped) {
+            let _ = thread.join();
+        }
+    }
+}
