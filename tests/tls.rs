@@ -456,5 +456,17 @@ fn plaintext_and_stalled_handshakes_do_not_block_a_chat() {
             other => panic!("a stalled handshake was not dropped: {other:?}"),
         }
     }
+    // The metrics saw it all: Alice's, Bob's and this scrape's handshakes
+    // completed; the plaintext client's and the stalled ones failed.
+    let metrics = https_get(addr, pki.client_config(), "/metrics");
+    let sample = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+            .to_owned()
+    };
+    assert_eq!(sample("miochat_tls_handshakes_total"), "3");
+    assert_eq!(sample("miochat_tls_handshake_failures_total"), "101");
     server.shutdown().unwrap();
 }

@@ -2,6 +2,7 @@
 //! puts it behind the loop, and the plain-text mode for raw clients.
 
 pub mod config;
+pub mod metrics;
 pub mod plain;
 pub mod room;
 pub mod service;

@@ -3,8 +3,9 @@
 //! It glues the transport to the room: parses each text frame, applies the
 //! per-connection rate limit, hands requests to the [`Room`], and turns the
 //! room's deliveries into frames, each serialized and framed once however
-//! many clients receive it. It also answers `GET /healthz` and writes the
-//! server's log lines (never a DM's text).
+//! many clients receive it. It also answers `GET /healthz`, counts for
+//! `GET /metrics` (`metrics.rs`) and writes the server's log lines (never
+//! a DM's text).
 //!
 //! A connection speaks JSON unless its first text frame is not a JSON
 //! object: then it is in plain-text mode for good (`plain.rs`), and gets
@@ -14,9 +15,11 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 
+use prometheus_client::collector::Collector;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::chat::config::ServerConfig;
+use crate::chat::metrics::ChatMetrics;
 use crate::chat::plain::{self, Line};
 use crate::chat::room::{Audience, Delivery, Room, RoomConfig};
 use crate::evloop::http;
@@ -48,6 +51,8 @@ pub struct Chat {
     /// How many sessions are in plain-text mode. While none are, a
     /// broadcast skips looking up each recipient's mode.
     plain_sessions: usize,
+    /// Joins and messages, for `GET /metrics`.
+    metrics: ChatMetrics,
 }
 
 /// What the chat service keeps about one open connection.
@@ -163,6 +168,7 @@ impl Chat {
             rate_burst: config.rate_burst,
             deliveries: Vec::new(),
             plain_sessions: 0,
+            metrics: ChatMetrics::default(),
         }
     }
 
@@ -186,7 +192,9 @@ impl Chat {
             Some(session) => session.mode,
             None => Mode::Json,
         };
+        let online = self.room.online();
         for Delivery { to, message } in self.deliveries.drain(..) {
+            self.metrics.delivered(&message, &to, online);
             let mut outgoing = Outgoing {
                 message: &message,
                 json: None,
@@ -279,12 +287,14 @@ impl Service for Chat {
         let peer = session.peer;
         let was_joined = self.room.is_joined(conn);
         if let Some(request) = self.understand(conn, text, out) {
+            self.metrics.received(&request);
             self.room
                 .handle(conn, request, Timestamp::now(), &mut self.deliveries);
         }
         if !was_joined {
             if let Some(name) = self.room.name(conn) {
                 out.admit(conn);
+                self.metrics.joined();
                 out.subscribe(conn, self.sessions[&conn].mode.channel());
                 log::info!("{peer} joined as {name} ({} online)", self.room.online());
             }
@@ -308,6 +318,10 @@ impl Service for Chat {
             None => log::info!("disconnect {} ({online} online)", session.peer),
         }
         self.deliver(out);
+    }
+
+    fn metrics(&self) -> Option<Box<dyn Collector>> {
+        Some(self.metrics.snapshot(self.room.online()))
     }
 
     fn http_get(&mut self, path: &str) -> Vec<u8> {

@@ -8,8 +8,8 @@
 //! codes and kinds of message, never users or addresses, so the output
 //! stays the same size however many people chat.
 //!
-//! The helpers at the bottom ([`Histogram`], [`counter`], [`labelled`])
-//! are shared with the chat's own metrics.
+//! The helpers at the bottom ([`Tally`], [`Histogram`], [`counter`],
+//! [`gauge`]) are shared with the chat's own metrics.
 
 use std::time::Duration;
 
@@ -19,10 +19,10 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use tungstenite::protocol::frame::coding::CloseCode;
 
+use crate::evloop::connection::Connection;
 use crate::evloop::http;
-use crate::evloop::tls::{StreamCounts, TlsState};
+use crate::evloop::tls::{Stream, StreamCounts, TlsState};
 
 /// The path the metrics are served on.
 pub const PATH: &str = "/metrics";
@@ -49,7 +49,8 @@ pub struct LoopMetrics {
     /// Sockets and handshakes of connections already closed (the open
     /// ones are added at each scrape).
     retired: Retired,
-    /// Close frames the server sent, by code.
+    /// Close frames the server sent, by code (of closed connections,
+    /// like `retired`).
     closes: Vec<(u16, u64)>,
     /// How long each turn's work took (from `poll`'s return to the end).
     turn_seconds: Histogram,
@@ -99,15 +100,23 @@ impl LoopMetrics {
     }
 
     /// A connection is removed: its numbers join the totals.
-    pub fn retire(&mut self, counts: StreamCounts, tls: TlsState, close: Option<CloseCode>) {
+    pub fn retire(&mut self, conn: &Connection<Stream>) {
+        self.add(conn, true);
+    }
+
+    /// Adds a connection's bytes, handshake and close code; a handshake
+    /// still under way counts as failed when the connection is `gone`.
+    fn add(&mut self, conn: &Connection<Stream>, gone: bool) {
+        let counts = &conn.socket.counts;
         self.retired.counts.bytes_in += counts.bytes_in;
         self.retired.counts.bytes_out += counts.bytes_out;
-        match tls {
+        match conn.socket.tls_state() {
             TlsState::Plain => {}
+            TlsState::Handshaking if !gone => {}
             TlsState::Established => self.retired.tls_handshakes += 1,
             TlsState::Handshaking | TlsState::Failed => self.retired.tls_failures += 1,
         }
-        if let Some(code) = close {
+        if let Some(code) = conn.close_code {
             let code = u16::from(code);
             match self.closes.iter_mut().find(|(c, _)| *c == code) {
                 Some((_, n)) => *n += 1,
@@ -117,11 +126,10 @@ impl LoopMetrics {
     }
 
     /// The complete `/metrics` response: these numbers plus those of the
-    /// `open` connections (their counts and handshake states), and the
-    /// service's own `extra` ones.
+    /// `open` connections, and the service's own `extra` ones.
     pub fn response<'c>(
         &self,
-        open: impl Iterator<Item = (&'c StreamCounts, TlsState)>,
+        open: impl Iterator<Item = &'c Connection<Stream>>,
         extra: Option<Box<dyn Collector>>,
     ) -> Vec<u8> {
         let mut snapshot = Snapshot {
@@ -129,17 +137,12 @@ impl LoopMetrics {
             open: 0,
             tls_handshaking: 0,
         };
-        for (counts, tls) in open {
+        for conn in open {
             snapshot.open += 1;
-            let retired = &mut snapshot.metrics.retired;
-            retired.counts.bytes_in += counts.bytes_in;
-            retired.counts.bytes_out += counts.bytes_out;
-            match tls {
-                TlsState::Plain => {}
-                TlsState::Handshaking => snapshot.tls_handshaking += 1,
-                TlsState::Established => retired.tls_handshakes += 1,
-                TlsState::Failed => retired.tls_failures += 1,
+            if conn.socket.tls_state() == TlsState::Handshaking {
+                snapshot.tls_handshaking += 1;
             }
+            snapshot.metrics.add(conn, false);
         }
         let mut registry = Registry::with_prefix("miochat");
         registry.register_collector(Box::new(snapshot));
@@ -302,8 +305,34 @@ pub fn gauge(
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
+/// Counts by a label from a small, fixed set (kinds of message, error
+/// codes): a few entries, found by a short scan.
+#[derive(Debug, Clone, Default)]
+pub struct Tally(Vec<(&'static str, u64)>);
+
+impl Tally {
+    /// Adds `n` to the count of `label`.
+    pub fn add(&mut self, label: &'static str, n: u64) {
+        match self.0.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, count)) => *count += n,
+            None => self.0.push((label, n)),
+        }
+    }
+
+    /// Writes the tally as counter `name`, labelled `label`.
+    pub fn encode(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        label: &str,
+    ) -> Result<(), std::fmt::Error> {
+        labelled(encoder, name, help, label, &self.0)
+    }
+}
+
 /// Writes a counter with one label, one sample per `(value, count)`.
-pub fn labelled<V: AsRef<str>>(
+fn labelled<V: AsRef<str>>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -321,6 +350,15 @@ pub fn labelled<V: AsRef<str>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tally_adds_up_by_label() {
+        let mut tally = Tally::default();
+        tally.add("say", 1);
+        tally.add("dm", 2);
+        tally.add("say", 3);
+        assert_eq!(tally.0, [("say", 4), ("dm", 2)]);
+    }
 
     #[test]
     fn histogram_buckets_hold_what_is_at_most_their_bound() {

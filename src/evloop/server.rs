@@ -575,10 +575,7 @@ impl<S: Service> Server<S> {
                 Input::Binary(data) => self.service.binary(key, data, &mut out),
                 Input::HttpGet(path) => {
                     let response = if path == metrics::PATH {
-                        let open = self
-                            .conns
-                            .iter()
-                            .map(|(_, c)| (&c.socket.counts, c.socket.tls_state()));
+                        let open = self.conns.iter().map(|(_, conn)| conn);
                         self.metrics.response(open, self.service.metrics())
                     } else {
                         self.service.http_get(&path)
@@ -680,9 +677,7 @@ impl<S: Service> Server<S> {
         if conn.phase.is_closed() {
             let mut conn = self.conns.remove(key);
             self.poll.registry().deregister(&mut conn.socket)?;
-            let tls_state = conn.socket.tls_state();
-            self.metrics
-                .retire(conn.socket.counts, tls_state, conn.close_code);
+            self.metrics.retire(&conn);
             if let Some(count) = self.per_ip.get_mut(&conn.peer.ip()) {
                 *count -= 1;
                 if *count == 0 {
