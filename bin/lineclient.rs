@@ -14,7 +14,7 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "lineclient", version)]
 struct Args {
-    /// The server: HOST:PORT, HOST, or ws://HOST:PORT/PATH.
+    /// The server: HOST:PORT, HOST, ws://HOST:PORT/PATH or wss://HOST:PORT/PATH.
     #[arg(default_value = "127.0.0.1:8765")]
     server: String,
     /// The name to chat under (asked for on a terminal when missing).
@@ -26,6 +26,9 @@ struct Args {
     /// Where to keep the line history [default: the user's data directory].
     #[arg(long, value_name = "FILE")]
     history_file: Option<PathBuf>,
+    /// For wss://: also trust this certificate authority (PEM), besides the system's.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -35,5 +38,6 @@ fn main() -> ExitCode {
         name: args.name,
         no_color: args.no_color,
         history_file: args.history_file,
+        ca_file: args.ca_file,
     })
 }

@@ -12,6 +12,7 @@ use miochat::chat::store::SyncMode;
 use miochat::chat::Chat;
 use miochat::evloop::config::{default_max_connections, LoopConfig};
 use miochat::evloop::server::Server;
+use miochat::evloop::tls::{self, TlsReloader};
 use miochat::ServerConfig;
 
 /// A real-time chat server on a hand-rolled mio event loop (WebSocket, JSON).
@@ -69,6 +70,13 @@ struct Args {
     /// machine.
     #[arg(long, value_enum, default_value_t = Sync::Full)]
     sync: Sync,
+    /// PEM certificate chain: serve wss:// and https:// (with --tls-key);
+    /// SIGHUP reloads it.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Log level (error, warn, info, debug, trace); overrides RUST_LOG.
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<log::LevelFilter>,
@@ -121,6 +129,18 @@ fn main() -> ExitCode {
         .format_timestamp_millis()
         .init();
 
+    let tls_files = args.tls_cert.clone().zip(args.tls_key.clone());
+    let tls = match &tls_files {
+        Some((cert, key)) => match tls::load(cert, key) {
+            Ok(tls) => Some(tls),
+            Err(err) => {
+                log::error!("cannot use the TLS certificate: {err}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
     let config = ServerConfig {
         net: LoopConfig {
             addr: args.addr,
@@ -132,6 +152,7 @@ fn main() -> ExitCode {
             join_timeout: args.join_timeout,
             ping_interval: args.ping_interval,
             ping_timeout: args.ping_timeout,
+            tls,
         },
         history: args.history,
         max_text_chars: args.max_text_chars,
@@ -162,9 +183,11 @@ fn main() -> ExitCode {
     // Signals arrive on a small thread of their own, which only wakes the
     // loop: the loop itself never blocks on anything but `poll`.
     let shutdown = server.shutdown_handle();
+    let reloader = server.tls_reloader();
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
     ]) {
         Ok(signals) => signals,
         Err(err) => {
@@ -173,13 +196,18 @@ fn main() -> ExitCode {
         }
     };
     std::thread::spawn(move || {
-        if let Some(signal) = signals.forever().next() {
-            log::info!("signal {signal}: shutting down");
-            shutdown.request();
+        for signal in signals.forever() {
+            if signal == signal_hook::consts::SIGHUP {
+                reload_tls(tls_files.as_ref(), &reloader);
+            } else {
+                log::info!("signal {signal}: shutting down");
+                shutdown.request();
+                return;
+            }
         }
     });
     log::info!(
-        "mioserver {} listening on ws://{}/ (up to {max_connections} connections)",
+        "mioserver {} listening on {scheme}://{}/ (up to {max_connections} connections)",
         env!("CARGO_PKG_VERSION"),
         server.local_addr()
     );
@@ -189,5 +217,18 @@ fn main() -> ExitCode {
             log::error!("event loop failed: {err}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// SIGHUP: loads the TLS pair again from its files and hands it to the
+/// loop; a pair that cannot be used is refused and the old one stays.
+fn reload_tls(files: Option<&(PathBuf, PathBuf)>, reloader: &TlsReloader) {
+    let Some((cert, key)) = files else {
+        log::info!("SIGHUP: no TLS certificate to reload");
+        return;
+    };
+    match tls::load(cert, key) {
+        Ok(config) => reloader.reload(config),
+        Err(err) => log::error!("SIGHUP: kept the current TLS certificate: {err}"),
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod metrics;
 pub mod plain;
 pub mod publish;
 pub mod room;

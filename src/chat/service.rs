@@ -3,8 +3,9 @@
 //! It glues the transport to the room: parses each text frame, applies the
 //! per-connection rate limit, hands requests to the [`Room`], and turns the
 //! room's deliveries into frames, each serialized and framed once however
-//! many clients receive it. It also answers `GET /healthz` and writes the
-//! server's log lines (never a DM's text).
+//! many clients receive it. It also answers `GET /healthz`, counts for
+//! `GET /metrics` (`metrics.rs`) and writes the server's log lines (never
+//! a DM's text).
 //!
 //! Public messages are stored before they are shown: the room's output
 //! goes through the [`Publisher`], which holds it until the store (on its
@@ -21,9 +22,11 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 
+use prometheus_client::collector::Collector;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::chat::config::ServerConfig;
+use crate::chat::metrics::ChatMetrics;
 use crate::chat::plain::{self, Line};
 use crate::chat::publish::{Publisher, Release};
 use crate::chat::room::{Audience, Delivery, Room, RoomConfig};
@@ -62,6 +65,8 @@ pub struct Chat {
     /// How many sessions are in plain-text mode. While none are, a
     /// broadcast skips looking up each recipient's mode.
     plain_sessions: usize,
+    /// Joins and messages, for `GET /metrics`.
+    metrics: ChatMetrics,
 }
 
 /// What the chat service keeps about one open connection.
@@ -217,6 +222,7 @@ impl Chat {
             ),
             releases: Vec::new(),
             plain_sessions: 0,
+            metrics: ChatMetrics::default(),
         })
     }
 
@@ -253,6 +259,7 @@ impl Chat {
             Some(session) => session.mode,
             None => Mode::Json,
         };
+        let online = self.room.online();
         for release in self.releases.drain(..) {
             let Delivery { to, message } = match release {
                 Release::Send(delivery) => delivery,
@@ -261,6 +268,7 @@ impl Chat {
                     continue;
                 }
             };
+            self.metrics.delivered(&message, &to, online);
             let mut outgoing = Outgoing {
                 message: &message,
                 json: None,
@@ -354,6 +362,7 @@ impl Service for Chat {
         let was_joined = self.room.is_joined(conn);
         let mut query = None;
         if let Some(request) = self.understand(conn, text, out) {
+            self.metrics.received(&request);
             query = self.publisher.query(&self.room, &request);
             self.room
                 .handle(conn, request, Timestamp::now(), &mut self.deliveries);
@@ -363,6 +372,7 @@ impl Service for Chat {
             // publisher says when): see `publish.rs`.
             if let Some(name) = self.room.name(conn) {
                 out.admit(conn);
+                self.metrics.joined();
                 log::info!("{peer} joined as {name} ({} online)", self.room.online());
             }
         }
@@ -400,6 +410,10 @@ impl Service for Chat {
     fn end_of_turn(&mut self, out: &mut Outbox<'_>) {
         self.publisher.pump(&mut self.room, &mut self.releases);
         self.send(out);
+    }
+
+    fn metrics(&self) -> Option<Box<dyn Collector>> {
+        Some(self.metrics.snapshot(self.room.online()))
     }
 
     fn http_get(&mut self, path: &str) -> Vec<u8> {

@@ -13,12 +13,19 @@
 
 use std::io::ErrorKind;
 use std::net::{TcpStream, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use rustls::{ClientConfig, RootCertStore};
 use tungstenite::client::IntoClientRequest;
-use tungstenite::{Message, WebSocket};
+use tungstenite::handshake::{HandshakeError, HandshakeRole};
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Connector, Message, WebSocket};
 
 use crate::proto::protocol::ServerMessage;
 
@@ -66,18 +73,18 @@ pub enum NetEvent {
     Unreachable(String),
 }
 
+/// The socket a connection runs on: TCP, under TLS for `wss://`.
+type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
+
 /// The WebSocket URL for what the user typed: `HOST:PORT`, `HOST` (the
-/// default port), or a `ws://` URL used as it is.
+/// default port), or a `ws://` or `wss://` URL used as it is.
 pub fn server_url(address: &str) -> Result<String, String> {
-    if address.starts_with("ws://") {
+    if address.starts_with("ws://") || address.starts_with("wss://") {
         return Ok(address.to_owned());
-    }
-    if address.starts_with("wss://") {
-        return Err("wss:// (TLS) is not supported: use ws://".to_owned());
     }
     if let Some((scheme, _)) = address.split_once("://") {
         return Err(format!(
-            "{scheme}:// is not a WebSocket URL: use ws://HOST:PORT/"
+            "{scheme}:// is not a WebSocket URL: use ws://HOST:PORT/ or wss://HOST:PORT/"
         ));
     }
     // A port is digits after the last colon, unless that colon is inside an
@@ -103,21 +110,52 @@ pub fn backoff(attempt: u32, jitter: f64) -> Duration {
     ceiling.mul_f64(0.5 + jitter / 2.0)
 }
 
-/// Starts the socket thread for `url`; it reports on `events`, and ends
-/// when the coordinator drops a connection's sender or stops listening.
-pub fn spawn(url: String, events: Sender<NetEvent>) {
+/// The TLS settings for `url`: `None` for `ws://`; for `wss://`, the
+/// system's trusted authorities plus the PEM certificates of `ca_file`.
+pub fn tls_config(url: &str, ca_file: Option<&Path>) -> Result<Option<Arc<ClientConfig>>, String> {
+    if !url.starts_with("wss://") {
+        return Ok(None);
+    }
+    let mut roots = RootCertStore::empty();
+    // Unreadable system certificates only narrow what is trusted.
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if let Some(ca_file) = ca_file {
+        let certs = CertificateDer::pem_file_iter(ca_file)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|err| format!("--ca-file {}: {err}", ca_file.display()))?;
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(format!(
+                "--ca-file {}: no usable certificate in this file",
+                ca_file.display()
+            ));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|err| err.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Some(Arc::new(config)))
+}
+
+/// Starts the socket thread for `url` (over TLS with `tls`); it reports on
+/// `events`, and ends when the coordinator drops a connection's sender or
+/// stops listening.
+pub fn spawn(url: String, tls: Option<Arc<ClientConfig>>, events: Sender<NetEvent>) {
     thread::Builder::new()
         .name("socket".into())
-        .spawn(move || run(&url, &events))
+        .spawn(move || run(&url, tls.as_ref(), &events))
         .expect("the socket thread starts");
 }
 
 /// Connects, serves the connection, and reconnects, until told to stop.
-fn run(url: &str, events: &Sender<NetEvent>) {
+fn run(url: &str, tls: Option<&Arc<ClientConfig>>, events: &Sender<NetEvent>) {
     let mut ever_connected = false;
     let mut attempt = 0;
     loop {
-        let reason = match connect(url) {
+        let reason = match connect(url, tls) {
             Ok(socket) => {
                 ever_connected = true;
                 let (frames_in, frames) = crossbeam_channel::unbounded();
@@ -153,14 +191,16 @@ fn run(url: &str, events: &Sender<NetEvent>) {
     }
 }
 
-/// Opens a WebSocket to `url`.
-fn connect(url: &str) -> Result<WebSocket<TcpStream>, String> {
+/// Opens a WebSocket to `url`, over TLS with `tls`.
+fn connect(url: &str, tls: Option<&Arc<ClientConfig>>) -> Result<Socket, String> {
     let request = url.into_client_request().map_err(|err| err.to_string())?;
     let uri = request.uri();
     let host = uri.host().ok_or("the URL has no host")?;
     // `Uri` keeps the brackets of an IPv6 host; the resolver wants none.
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = uri.port_u16().unwrap_or(80);
+    let port = uri
+        .port_u16()
+        .unwrap_or(if tls.is_some() { 443 } else { 80 });
     let cannot = |err: std::io::Error| format!("cannot connect to {url}: {err}");
     let mut last_error = None;
     let mut stream = None;
@@ -180,13 +220,40 @@ fn connect(url: &str) -> Result<WebSocket<TcpStream>, String> {
     stream
         .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
         .map_err(cannot)?;
-    let (socket, _response) = tungstenite::client(request, stream)
-        .map_err(|err| format!("the WebSocket handshake with {url} failed: {err}"))?;
-    socket
-        .get_ref()
+    // The timeout is the socket's, shared with this handle: it can be
+    // changed whether or not TLS wraps the stream.
+    let timeouts = stream.try_clone().map_err(cannot)?;
+    let connector = tls.map_or(Connector::Plain, |tls| Connector::Rustls(Arc::clone(tls)));
+    let (socket, _response) =
+        tungstenite::client_tls_with_config(request, stream, None, Some(connector))
+            .map_err(|err| handshake_failed(url, err))?;
+    timeouts
         .set_read_timeout(Some(POLL_INTERVAL))
         .map_err(cannot)?;
     Ok(socket)
+}
+
+/// Explains a failed handshake in one line; a certificate the client does
+/// not trust says what to do about it.
+fn handshake_failed<R: HandshakeRole>(url: &str, err: HandshakeError<R>) -> String {
+    let err = match err {
+        HandshakeError::Failure(err) => err,
+        HandshakeError::Interrupted(_) => tungstenite::Error::Io(ErrorKind::TimedOut.into()),
+    };
+    // rustls reports through the stream, so its error arrives as an I/O one.
+    let rustls_error = match &err {
+        tungstenite::Error::Io(io) => io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        _ => None,
+    };
+    match rustls_error {
+        Some(rustls::Error::InvalidCertificate(why)) => format!(
+            "the certificate of {url} is not trusted ({why:?}): for a private certificate authority, pass its certificate with --ca-file FILE"
+        ),
+        Some(tls) => format!("TLS with {url} failed: {tls}"),
+        None => format!("the WebSocket handshake with {url} failed: {err}"),
+    }
 }
 
 /// How a connection ended.
@@ -198,11 +265,7 @@ enum Ended {
 }
 
 /// Moves frames both ways until the connection ends.
-fn serve(
-    mut socket: WebSocket<TcpStream>,
-    frames: &Receiver<String>,
-    events: &Sender<NetEvent>,
-) -> Ended {
+fn serve(mut socket: Socket, frames: &Receiver<String>, events: &Sender<NetEvent>) -> Ended {
     let mut heard = false;
     // Why the server closed, when it said so; better news than the error
     // the next read returns.
@@ -258,7 +321,7 @@ fn serve(
 
 /// Closes politely: a close frame, then a short wait for the server's
 /// answer, so the server logs a normal close (1000) rather than an error.
-fn close(mut socket: WebSocket<TcpStream>) {
+fn close(mut socket: Socket) {
     if socket.close(None).is_err() {
         return;
     }
@@ -299,7 +362,7 @@ mod tests {
         assert_eq!(server_url("[::1]:80").unwrap(), "ws://[::1]:80/");
         assert_eq!(server_url("[::1]").unwrap(), "ws://[::1]:8765/");
         assert_eq!(server_url("ws://h:1/chat").unwrap(), "ws://h:1/chat");
-        assert!(server_url("wss://h/").is_err());
+        assert_eq!(server_url("wss://h/chat").unwrap(), "wss://h/chat");
         assert!(server_url("http://h/").is_err());
     }
 

@@ -82,6 +82,8 @@ pub struct Options {
     /// Where the line history is kept; `None` for the default, in the
     /// user's data directory.
     pub history_file: Option<PathBuf>,
+    /// `--ca-file`: a private certificate authority to trust for `wss://`.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Runs the client until the user leaves.
@@ -129,8 +131,12 @@ pub fn run(options: Options) -> ExitCode {
 
     // Connect before the input thread starts, so that a wrong address is a
     // plain error message and an immediate exit.
+    let tls = match connection::tls_config(&url, options.ca_file.as_deref()) {
+        Ok(tls) => tls,
+        Err(why) => return usage_error(&why),
+    };
     let (net_events, net) = crossbeam_channel::unbounded();
-    connection::spawn(url, net_events);
+    connection::spawn(url, tls, net_events);
     let first = match net.recv() {
         Ok(NetEvent::Unreachable(why)) => {
             eprintln!("lineclient: {why}");

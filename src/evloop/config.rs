@@ -4,6 +4,7 @@
 //! tests build them directly with short timers.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The loop's settings. Each field is one flag of `mioserver`.
@@ -34,6 +35,10 @@ pub struct LoopConfig {
     /// Time after a ping without any frame before the server gives up on the
     /// client (`--ping-timeout`).
     pub ping_timeout: Duration,
+    /// TLS settings (certificate and key, loaded by `tls::load`): serve
+    /// `wss://` and `https://` (`--tls-cert`, `--tls-key`); `None` for
+    /// plain TCP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for LoopConfig {
@@ -48,6 +53,7 @@ impl Default for LoopConfig {
             join_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(30),
             ping_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }

@@ -42,14 +42,21 @@ const DISCARD_BUDGET: usize = 256 * 1024;
 const HEAD_READ_CHUNK: usize = 2 * 1024;
 
 /// A socket a connection can drive: a non-blocking byte stream that can
-/// also be half-closed.
+/// also be half-closed. Its `Write::flush` writes what the socket itself
+/// buffers (TLS records) as far as the kernel takes them, without blocking.
 pub trait Socket: Read + Write {
     /// Sends FIN after the queued bytes: "I will write no more".
-    fn shutdown_write(&self) -> io::Result<()>;
+    fn shutdown_write(&mut self) -> io::Result<()>;
+
+    /// Whether the socket holds output of its own that waits for the
+    /// kernel (TLS records): the loop keeps WRITABLE interest meanwhile.
+    fn has_pending_output(&self) -> bool {
+        false
+    }
 }
 
 impl Socket for mio::net::TcpStream {
-    fn shutdown_write(&self) -> io::Result<()> {
+    fn shutdown_write(&mut self) -> io::Result<()> {
         self.shutdown(Shutdown::Write)
     }
 }
@@ -148,6 +155,8 @@ pub struct Connection<S> {
     /// The channel whose broadcasts this connection hears, and how many of
     /// the round's broadcasts are already in its queue.
     subscription: Option<Subscription>,
+    /// The close code the server sent, for the metrics.
+    pub close_code: Option<CloseCode>,
 }
 
 /// A connection's place among a channel's broadcasts.
@@ -179,6 +188,7 @@ impl<S: Socket> Connection<S> {
             write_interest: false,
             touched: false,
             subscription: None,
+            close_code: None,
         }
     }
 
@@ -501,6 +511,7 @@ impl<S: Socket> Connection<S> {
                     reason: reason.into(),
                 };
                 self.push_frame(Frame::close(Some(frame)));
+                self.close_code = Some(code);
                 self.enter_closing(now);
             }
             Phase::Handshake { .. } => self.set_closed(),
@@ -520,7 +531,8 @@ impl<S: Socket> Connection<S> {
         if self.phase.is_closed() {
             return;
         }
-        if let Err(err) = self.out.write_to(&mut self.socket, batch) {
+        let written = self.out.write_to(&mut self.socket, batch);
+        if let Err(err) = written.and_then(|()| self.socket.flush()) {
             log::debug!("{}: write failed: {err}", self.peer);
             self.set_closed();
             return;

@@ -29,14 +29,17 @@ use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
+use prometheus_client::collector::Collector;
 use slab::Slab;
 use tungstenite::protocol::frame::coding::{CloseCode, Data};
 
 use crate::evloop::config::LoopConfig;
-use crate::evloop::connection::{Connection, Input, CLOSE_LINGER};
+use crate::evloop::connection::{Connection, Input, Socket, CLOSE_LINGER};
 use crate::evloop::inbound::ReadBuffer;
+use crate::evloop::metrics::{self, LoopMetrics};
 use crate::evloop::outqueue::{Batch, Broadcast, Channel, FrameRef};
 use crate::evloop::timers::Timers;
+use crate::evloop::tls::{Stream, Tls, TlsReloader};
 
 /// Identifies a connection to the service: its slab key. Valid until the
 /// service is told the connection closed.
@@ -100,6 +103,11 @@ pub trait Service {
     /// response, see [`crate::evloop::http::response`]. The connection closes after it.
     fn http_get(&mut self, path: &str) -> Vec<u8>;
 
+    /// The service's own numbers for `GET /metrics`, next to the loop's.
+    fn metrics(&self) -> Option<Box<dyn Collector>> {
+        None
+    }
+
     /// Called once, before the loop runs: a handle with which another
     /// thread (a completion source, such as a store thread) wakes the
     /// loop and has [`woken`](Self::woken) called. By default unused.
@@ -150,7 +158,7 @@ impl Wakeup {
 /// are queued; everything is flushed once at the end of the loop turn.
 pub struct Outbox<'a> {
     /// Every connection.
-    conns: &'a mut Slab<Connection<TcpStream>>,
+    conns: &'a mut Slab<Connection<Stream>>,
     /// What the round will write: sends are recorded here.
     round: &'a mut Round,
     /// The time of this turn.
@@ -227,7 +235,7 @@ impl<'a> Outbox<'a> {
 
     /// The connection, given the broadcasts it is due first (so that what
     /// is queued next comes after them) and put on the list to settle.
-    fn catch_up(&mut self, conn: ConnId) -> Option<&mut Connection<TcpStream>> {
+    fn catch_up(&mut self, conn: ConnId) -> Option<&mut Connection<Stream>> {
         let connection = self.conns.get_mut(conn)?;
         connection.catch_up(conn, &self.round.broadcasts, self.max_outbound, self.now);
         touch(&mut self.round.touched, conn, connection);
@@ -258,7 +266,7 @@ impl Round {
     /// The service's view of the connections and of this round.
     fn outbox<'a>(
         &'a mut self,
-        conns: &'a mut Slab<Connection<TcpStream>>,
+        conns: &'a mut Slab<Connection<Stream>>,
         now: Instant,
         max_outbound: usize,
     ) -> Outbox<'a> {
@@ -272,7 +280,7 @@ impl Round {
 }
 
 /// Puts a connection on the list to settle at the end of the turn, once.
-fn touch(touched: &mut Vec<usize>, key: usize, conn: &mut Connection<TcpStream>) {
+fn touch(touched: &mut Vec<usize>, key: usize, conn: &mut Connection<Stream>) {
     if !conn.touched {
         conn.touched = true;
         touched.push(key);
@@ -307,7 +315,7 @@ pub struct Server<S> {
     /// Its address (with the real port when bound to port 0).
     local_addr: SocketAddr,
     /// Every connection, keyed by the token it is registered with.
-    conns: Slab<Connection<TcpStream>>,
+    conns: Slab<Connection<Stream>>,
     /// Every connection's next deadline.
     timers: Timers,
     /// The application.
@@ -340,6 +348,10 @@ pub struct Server<S> {
     /// Where every connection's input is read and parsed, one at a time, so
     /// that an idle connection holds no read buffer of its own.
     read_buffer: ReadBuffer,
+    /// The TLS settings for new connections (none: plain TCP).
+    tls: Tls,
+    /// What the loop counts for `GET /metrics`.
+    metrics: LoopMetrics,
 }
 
 impl<S: Service> Server<S> {
@@ -356,6 +368,7 @@ impl<S: Service> Server<S> {
             pending: Arc::clone(&woken),
             waker: Arc::clone(&waker),
         });
+        let tls = Tls::new(config.tls.clone());
         Ok(Server {
             poll,
             listener: Some(listener),
@@ -378,6 +391,8 @@ impl<S: Service> Server<S> {
             settling: Vec::new(),
             last_trim: Instant::now(),
             read_buffer: ReadBuffer::default(),
+            tls,
+            metrics: LoopMetrics::default(),
         })
     }
 
@@ -389,6 +404,11 @@ impl<S: Service> Server<S> {
     /// A handle that stops the loop from any thread.
     pub fn shutdown_handle(&self) -> Shutdown {
         self.shutdown.clone()
+    }
+
+    /// A handle that hands reloaded TLS settings to the loop from any thread.
+    pub fn tls_reloader(&self) -> TlsReloader {
+        self.tls.reloader(Arc::clone(&self.shutdown.waker))
     }
 
     /// Runs the loop until a shutdown is requested and every client is gone
@@ -411,6 +431,7 @@ impl<S: Service> Server<S> {
                 match event.token() {
                     LISTENER => self.accept(now),
                     WAKER => {
+                        self.tls.take_reloaded();
                         if self.shutdown.requested.load(Ordering::SeqCst) {
                             self.begin_shutdown(now);
                         }
@@ -446,6 +467,7 @@ impl<S: Service> Server<S> {
                 .outbox(&mut self.conns, now, self.config.max_outbound_bytes);
             self.service.end_of_turn(&mut out);
             self.settle(now)?;
+            self.metrics.turn(events.iter().count(), now.elapsed());
             if let Some(deadline) = self.shutdown_by {
                 if self.conns.is_empty() || now >= deadline {
                     log::info!("server stopped");
@@ -537,8 +559,10 @@ impl<S: Service> Server<S> {
         shed
     }
 
-    fn add_connection(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
+    fn add_connection(&mut self, stream: TcpStream, peer: SocketAddr, now: Instant) {
+        self.metrics.accepted();
         if self.conns.len() >= self.config.max_connections {
+            self.metrics.refused();
             log::warn!(
                 "{peer}: refused, {} connections is the limit",
                 self.config.max_connections
@@ -553,11 +577,19 @@ impl<S: Service> Server<S> {
                 .is_some_and(|&n| n >= per_ip_limit)
         {
             log::warn!("{peer}: refused, {per_ip_limit} connections per address is the limit");
+            self.metrics.refused();
             return;
         }
         // Chat frames are small and we coalesce writes ourselves: Nagle's
         // algorithm would only add latency.
-        if let Err(err) = stream.set_nodelay(true) {
+        let mut stream = match self.tls.wrap(stream) {
+            Ok(stream) => stream,
+            Err(err) => {
+                log::warn!("{peer}: cannot start TLS: {err}");
+                return;
+            }
+        };
+        if let Err(err) = stream.tcp().set_nodelay(true) {
             log::debug!("{peer}: set_nodelay failed: {err}");
         }
         let entry = self.conns.vacant_entry();
@@ -610,7 +642,12 @@ impl<S: Service> Server<S> {
                 Input::Text(text) => self.service.text(key, text, &mut out),
                 Input::Binary(data) => self.service.binary(key, data, &mut out),
                 Input::HttpGet(path) => {
-                    let response = self.service.http_get(&path);
+                    let response = if path == metrics::PATH {
+                        let open = self.conns.iter().map(|(_, conn)| conn);
+                        self.metrics.response(open, self.service.metrics())
+                    } else {
+                        self.service.http_get(&path)
+                    };
                     self.conns[key].respond(&response, now);
                 }
             }
@@ -708,6 +745,7 @@ impl<S: Service> Server<S> {
         if conn.phase.is_closed() {
             let mut conn = self.conns.remove(key);
             self.poll.registry().deregister(&mut conn.socket)?;
+            self.metrics.retire(&conn);
             if let Some(count) = self.per_ip.get_mut(&conn.peer.ip()) {
                 *count -= 1;
                 if *count == 0 {
@@ -717,7 +755,7 @@ impl<S: Service> Server<S> {
             log::debug!("{}: connection closed", conn.peer);
             return Ok(());
         }
-        let want_write = !conn.out.is_empty();
+        let want_write = !conn.out.is_empty() || conn.socket.has_pending_output();
         if want_write != conn.write_interest {
             let interest = if want_write {
                 Interest::READABLE | Interest::WRITABLE

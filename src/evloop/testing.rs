@@ -64,7 +64,7 @@ impl Write for FakeSocket {
 }
 
 impl Socket for FakeSocket {
-    fn shutdown_write(&self) -> io::Result<()> {
+    fn shutdown_write(&mut self) -> io::Result<()> {
         self.shut.set(true);
         Ok(())
     }
