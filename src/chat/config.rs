@@ -2,6 +2,8 @@
 //! chat's, with their defaults. The command line fills them in; tests build
 //! them directly.
 
+use std::time::Duration;
+
 use crate::evloop::config::LoopConfig;
 
 /// Everything a chat server is started with. Each field is one flag of
@@ -10,6 +12,9 @@ use crate::evloop::config::LoopConfig;
 pub struct ServerConfig {
     /// The event loop's limits and timers: address, sizes, deadlines.
     pub net: LoopConfig,
+    /// Time from the upgrade to a successful `join`, else close 1008
+    /// (`--join-timeout`).
+    pub join_timeout: Duration,
     /// Public messages kept and sent on join (`--history`).
     pub history: usize,
     /// Longest chat `text` in characters; above it `error` `too_long`
@@ -27,6 +32,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             net: LoopConfig::default(),
+            join_timeout: Duration::from_secs(10),
             history: 100,
             max_text_chars: 4000,
             rate_limit: 10.0,

@@ -6,4 +6,4 @@ pub mod plain;
 pub mod room;
 pub mod service;
 
-pub use service::Chat;
+pub use service::{start, Chat};

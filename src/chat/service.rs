@@ -13,15 +13,17 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::chat::config::ServerConfig;
 use crate::chat::plain::{self, Line};
 use crate::chat::room::{Audience, Delivery, Room, RoomConfig};
+use crate::evloop::handle::ServerHandle;
 use crate::evloop::http;
 use crate::evloop::outqueue::{Channel, FrameRef};
-use crate::evloop::server::{ConnId, Outbox, ServerHandle, Service};
+use crate::evloop::service::{ConnId, Outbox, Service};
 use crate::proto::protocol::{
     parse_request, ErrorCode, ParseError, Request, ServerMessage, Timestamp,
 };
@@ -43,6 +45,8 @@ pub struct Chat {
     rate_limit: f64,
     /// Requests a connection may send at once.
     rate_burst: u32,
+    /// Time from the upgrade to a successful `join`, else close 1008.
+    join_timeout: Duration,
     /// The room's output for the request at hand; kept to reuse its memory.
     deliveries: Vec<Delivery>,
     /// How many sessions are in plain-text mode. While none are, a
@@ -161,6 +165,7 @@ impl Chat {
             sessions: HashMap::new(),
             rate_limit: config.rate_limit,
             rate_burst: config.rate_burst,
+            join_timeout: config.join_timeout,
             deliveries: Vec::new(),
             plain_sessions: 0,
         }
@@ -257,6 +262,9 @@ impl Service for Chat {
                 mode: Mode::Undecided,
             },
         );
+        // The join deadline: `timer` closes the connection unless a
+        // successful join clears it first.
+        out.set_timer(conn, Some(out.now() + self.join_timeout));
     }
 
     fn text(&mut self, conn: ConnId, text: &str, out: &mut Outbox<'_>) {
@@ -284,12 +292,26 @@ impl Service for Chat {
         }
         if !was_joined {
             if let Some(name) = self.room.name(conn) {
-                out.admit(conn);
+                out.set_timer(conn, None);
                 out.subscribe(conn, self.sessions[&conn].mode.channel());
                 log::info!("{peer} joined as {name} ({} online)", self.room.online());
             }
         }
         self.deliver(out);
+    }
+
+    fn binary(&mut self, conn: ConnId, _data: &[u8], out: &mut Outbox<'_>) {
+        out.close(
+            conn,
+            CloseCode::Unsupported,
+            "binary frames are not accepted",
+        );
+    }
+
+    fn timer(&mut self, conn: ConnId, out: &mut Outbox<'_>) {
+        // The only timer the chat sets is the join deadline, and joining
+        // clears it.
+        out.close(conn, CloseCode::Policy, "join timeout");
     }
 
     fn closed(&mut self, conn: ConnId, out: &mut Outbox<'_>) {
@@ -324,10 +346,8 @@ impl Service for Chat {
     }
 }
 
-impl ServerHandle {
-    /// Starts a chat server per `config` on its own thread.
-    pub fn start(config: ServerConfig) -> io::Result<ServerHandle> {
-        let chat = Chat::new(&config);
-        ServerHandle::spawn(config.net, chat)
-    }
+/// Starts a chat server per `config` on its own thread.
+pub fn start(config: ServerConfig) -> io::Result<ServerHandle> {
+    let chat = Chat::new(&config);
+    ServerHandle::spawn(config.net, chat)
 }
