@@ -7,9 +7,11 @@
 //! 1. `poll` sleeps until a socket is ready or the earliest deadline.
 //! 2. New connections are accepted until `WouldBlock`.
 //! 3. Each ready connection is read until `WouldBlock` (readiness is
-//!    edge-triggered) or until its budget for this turn is spent
-//!    ([`read_turn`]); then it waits on the unfinished-reads list for the
-//!    next turn, so one busy client cannot starve the rest.
+//!    edge-triggered) or until its read budget is spent ([`read_turn`]);
+//!    then it goes on the list of unfinished reads, which is read once more
+//!    (one more budget) after every ready connection had its share. What is
+//!    still unfinished then is read in the next turn, whose `poll` does
+//!    not sleep. One busy client cannot starve the rest.
 //! 4. Due deadlines fire (handshake, ping, close linger, the service's
 //!    timers).
 //! 5. Every connection touched in this turn is settled once: the service
@@ -250,7 +252,8 @@ pub struct Server<S> {
     /// does not spin.
     spare_fd: Option<File>,
     /// Connections that spent their read budget and may still have input:
-    /// read again next turn, since no new readiness event will come for it.
+    /// read again after the turn's events (and in the next turn, if the
+    /// budget runs out again), since no new readiness event comes for it.
     unfinished_reads: Vec<usize>,
     /// What this turn will write.
     round: Round,
@@ -493,7 +496,7 @@ impl<S: Service> Server<S> {
     }
 
     /// Reads from one connection until it would block or its budget is
-    /// spent; in that case it is read again next turn.
+    /// spent; in that case it goes on the list of unfinished reads.
     fn read(&mut self, key: usize, now: Instant) {
         if !self.slots.contains(key) {
             // A readiness event or an unfinished read for a slot freed
@@ -678,4 +681,162 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 /// file descriptors.
 fn is_out_of_descriptors(err: &io::Error) -> bool {
     matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The loop driven one turn at a time over real loopback sockets.
+
+    use std::io::{ErrorKind, Read, Write};
+    use std::net::TcpStream as StdStream;
+
+    use super::*;
+    use crate::evloop::connection::READ_BUDGET;
+    use crate::evloop::http;
+    use crate::evloop::service::ConnId;
+    use crate::evloop::testing::{client_frame, UPGRADE};
+
+    /// A message larger than the kernel's socket buffers on both sides of a
+    /// loopback connection (a few MiB each at most), so that writing it
+    /// takes several turns when the client reads late.
+    const BIG: usize = 32 << 20;
+
+    /// A service that records what it is told, and answers "big" with a
+    /// message of [`BIG`] bytes.
+    #[derive(Default)]
+    struct Recorder {
+        /// How many connections opened.
+        opened: usize,
+        /// Every text, in order.
+        texts: Vec<String>,
+        /// Every binary message's length, in order.
+        binaries: Vec<usize>,
+    }
+
+    impl Service for Recorder {
+        fn opened(&mut self, _conn: ConnId, _peer: SocketAddr, _out: &mut Outbox<'_>) {
+            self.opened += 1;
+        }
+
+        fn text(&mut self, conn: ConnId, text: &str, out: &mut Outbox<'_>) {
+            if text == "big" {
+                out.send_binary(conn, &vec![b'b'; BIG]);
+            }
+            self.texts.push(text.to_owned());
+        }
+
+        fn binary(&mut self, _conn: ConnId, data: &[u8], _out: &mut Outbox<'_>) {
+            self.binaries.push(data.len());
+        }
+
+        fn closed(&mut self, _conn: ConnId, _out: &mut Outbox<'_>) {}
+
+        fn http_get(&mut self, _path: &str) -> Vec<u8> {
+            http::response(404, "", "text/plain", b"")
+        }
+    }
+
+    /// A server on a free loopback port whose output bound lets [`BIG`] wait.
+    fn server() -> Server<Recorder> {
+        let config = LoopConfig {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            max_outbound_bytes: 2 * BIG,
+            ..LoopConfig::default()
+        };
+        Server::bind(config, Recorder::default()).expect("bind")
+    }
+
+    /// A client that has sent its upgrade request and then `frames`.
+    fn client(server: &Server<Recorder>, frames: &[Vec<u8>]) -> StdStream {
+        let mut client = StdStream::connect(server.local_addr()).unwrap();
+        client
+            .write_all(&[UPGRADE, &frames.concat()].concat())
+            .unwrap();
+        client
+    }
+
+    /// Turns the loop until `done` holds, for ten seconds at most.
+    fn turn_until(server: &mut Server<Recorder>, mut done: impl FnMut(&Server<Recorder>) -> bool) {
+        let mut events = Events::with_capacity(EVENTS_PER_POLL);
+        let give_up = Instant::now() + Duration::from_secs(10);
+        while !done(server) {
+            assert!(Instant::now() < give_up, "the loop never got there");
+            server
+                .turn(&mut events, Some(Duration::from_millis(10)))
+                .unwrap();
+        }
+    }
+
+    /// The only connection's slot.
+    fn only_slot(server: &Server<Recorder>) -> &Slot {
+        let mut slots = server.slots.iter();
+        let (_, slot) = slots.next().expect("a connection");
+        assert!(slots.next().is_none(), "one connection");
+        slot
+    }
+
+    #[test]
+    fn a_partial_write_keeps_writable_interest_until_the_queue_drains() {
+        let mut server = server();
+        let mut client = client(&server, &[client_frame(0x1, b"big")]);
+        turn_until(&mut server, |server| server.service.texts == ["big"]);
+        // The client has read nothing: the kernel took what it could and
+        // the rest waits, with WRITABLE interest to hear when it may go on.
+        let slot = only_slot(&server);
+        assert!(slot.conn.queued() > 0, "the kernel took it all");
+        assert!(slot.write_interest);
+        // The client reads; each turn writes what the kernel takes.
+        client.set_nonblocking(true).unwrap();
+        let mut received = 0;
+        let mut chunk = vec![0; 1 << 16];
+        turn_until(&mut server, |server| {
+            loop {
+                match client.read(&mut chunk) {
+                    Ok(n) => received += n,
+                    Err(err) if err.kind() == ErrorKind::WouldBlock => break,
+                    Err(err) => panic!("read: {err}"),
+                }
+            }
+            only_slot(server).conn.queued() == 0
+        });
+        // Drained: WRITABLE interest is dropped in the same turn.
+        assert!(!only_slot(&server).write_interest);
+        assert!(received > BIG, "the message and the 101 before it");
+    }
+
+    #[test]
+    fn a_connection_that_spends_its_read_budget_is_read_again_next_turn() {
+        let mut server = server();
+        // Two budgets: one for the readiness event, one for the pass over
+        // unfinished reads after every other ready connection was read.
+        let total = 2 * READ_BUDGET + 8;
+        let frames: Vec<Vec<u8>> = (0..total)
+            .map(|i| client_frame(0x1, i.to_string().as_bytes()))
+            .collect();
+        let _client = client(&server, &frames);
+        turn_until(&mut server, |server| server.service.opened == 1);
+        // `Opened` took one input of the budget, the texts the rest.
+        assert_eq!(server.service.texts.len(), 2 * READ_BUDGET - 1);
+        let key = server.slots.iter().next().unwrap().0;
+        assert_eq!(server.unfinished_reads, [key]);
+        assert_eq!(server.poll_timeout(), Some(Duration::ZERO), "no sleeping");
+        // The next turn reads the rest though no new readiness came.
+        let mut events = Events::with_capacity(EVENTS_PER_POLL);
+        server.turn(&mut events, None).unwrap();
+        let expected: Vec<String> = (0..total).map(|i| i.to_string()).collect();
+        assert_eq!(server.service.texts, expected);
+        assert!(server.unfinished_reads.is_empty());
+    }
+
+    #[test]
+    fn a_binary_message_is_the_services_to_judge() {
+        let mut server = server();
+        let _client = client(&server, &[client_frame(0x2, &[1, 2, 3])]);
+        turn_until(&mut server, |server| !server.service.binaries.is_empty());
+        assert_eq!(server.service.binaries, [3]);
+        assert!(
+            only_slot(&server).conn.phase().is_open(),
+            "the loop closes nothing"
+        );
+    }
 }
