@@ -371,7 +371,7 @@ impl<S: Service> Server<S> {
     /// Hands the heap memory freed since the last call back to the system,
     /// at most every [`TRIM_INTERVAL`], when a `poll` found no I/O. glibc
     /// keeps freed memory for reuse, and what a join storm or a burst of
-    /// slow readers lends (backlogs, welcomes, the batch) is freed in
+    /// slow readers lends (carried-over output, welcomes, the batch) is freed in
     /// scattered pieces it would otherwise hold on to for good: at 19 000
     /// clients that was most of the server's RSS.
     fn give_back_memory(&mut self, now: Instant) {
@@ -661,7 +661,7 @@ impl<S: Service> Server<S> {
     }
 }
 
-/// A non-blocking listening socket with our backlog (mio's `bind` picks
+/// A non-blocking listening socket with our listen queue length (mio's `bind` picks
 /// its own) and `SO_REUSEADDR`, so a restarted server can bind while old
 /// connections linger in TIME_WAIT.
 fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
