@@ -23,7 +23,7 @@
 //! handled: an event already taken from `poll` for a connection that closed
 //! can never reach a new connection that reuses its slot.
 //!
-//! Each connection's slot ([`Slot`]) holds the loop's own bookkeeping next
+//! Each connection's slot (`Slot`) holds the loop's own bookkeeping next
 //! to the connection; only this file writes it.
 //!
 //! `docs/event-loop.md` walks through this file step by step.
