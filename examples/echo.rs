@@ -11,16 +11,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use miochat::evloop::config::LoopConfig;
-use miochat::evloop::server::{ConnId, Outbox, Server, Service};
+use miochat::evloop::server::Server;
+use miochat::evloop::service::{ConnId, Outbox, Service};
 
 /// The echo application: no state at all.
 struct Echo;
 
 impl Service for Echo {
-    fn opened(&mut self, conn: ConnId, _peer: SocketAddr, out: &mut Outbox<'_>) {
-        // There is no `join` here: every connection is welcome at once.
-        out.admit(conn);
-    }
+    fn opened(&mut self, _conn: ConnId, _peer: SocketAddr, _out: &mut Outbox<'_>) {}
 
     fn text(&mut self, conn: ConnId, text: &str, out: &mut Outbox<'_>) {
         out.send_text(conn, text);

@@ -10,7 +10,7 @@
 //!
 //! - [`evloop`]: the generic event loop. One thread, one `mio::Poll`, a
 //!   slab of connections, WebSocket framing, timers and the write path.
-//!   It serves any [`evloop::server::Service`] and knows nothing of chat.
+//!   It serves any [`evloop::service::Service`] and knows nothing of chat.
 //! - [`chat`]: the chat on that loop: the room as pure logic
 //!   ([`chat::room`]), the service that puts it behind the loop
 //!   ([`chat::service`]) and the plain-text mode for raw clients.
@@ -31,4 +31,4 @@ pub mod evloop;
 pub mod proto;
 
 pub use chat::config::ServerConfig;
-pub use evloop::server::ServerHandle;
+pub use evloop::handle::ServerHandle;

@@ -40,10 +40,10 @@ fn never_reading_client(config: &LoopConfig, pings: usize) -> Vec<u8> {
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert!(!conn.phase.is_open(), "closed as too slow");
-    conn.socket.room = usize::MAX;
+    assert!(!conn.phase().is_open(), "closed as too slow");
+    conn.socket_mut().room = usize::MAX;
     conn.flush(&[]);
-    conn.socket.written
+    std::mem::take(&mut conn.socket_mut().written)
 }
 
 /// `connection` target, `crash-103459e5c940d85b5863e3a0bd1eeca7a7c83131`:

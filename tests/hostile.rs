@@ -156,7 +156,7 @@ struct Scene {
 
 impl Scene {
     fn new() -> Scene {
-        let server = ServerHandle::start(ServerConfig {
+        let server = miochat::chat::start(ServerConfig {
             net: LoopConfig {
                 addr: "127.0.0.1:0".parse().unwrap(),
                 max_message_bytes: 1024,

@@ -24,7 +24,7 @@ fn server() -> ServerHandle {
 }
 
 fn server_on(addr: SocketAddr) -> ServerHandle {
-    ServerHandle::start(ServerConfig {
+    miochat::chat::start(ServerConfig {
         net: LoopConfig {
             addr,
             ..LoopConfig::default()

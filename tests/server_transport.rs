@@ -71,10 +71,7 @@ fn max_message_bytes_sets_the_message_limit() {
 fn no_successful_join_within_the_join_timeout_closes_with_1008() {
     let join_timeout = Duration::from_millis(300);
     let server = start(ServerConfig {
-        net: LoopConfig {
-            join_timeout,
-            ..config().net
-        },
+        join_timeout,
         ..config()
     });
     let [mut bob] = join_all(server.addr(), ["bob"]);

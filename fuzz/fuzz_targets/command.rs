@@ -14,8 +14,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use miochat::proto::command::{self, Command};
 use miochat::chat::plain::{self, Line};
+use miochat::proto::command::{self, Command};
 use miochat::proto::protocol::{parse_request, Request};
 
 fuzz_target!(|line: &str| {

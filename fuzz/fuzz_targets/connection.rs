@@ -1,6 +1,8 @@
 //! Fuzz target: the connection state machine, `connection::Connection`, fed
-//! arbitrary bytes through a fake socket and driven the way the event loop
-//! in `server.rs` drives it.
+//! arbitrary bytes through a fake socket and read by the event loop's own
+//! code for one turn, `connection::read_turn` (the loop in `server.rs` calls
+//! the same function, so the budget and the order of reads are the real
+//! ones).
 //!
 //! # The input
 //!
@@ -15,10 +17,12 @@
 //! ```
 //!
 //! Each turn of the simulated event loop, the peer's next chunk arrives
-//! (reads hand it out, then say `WouldBlock`), the connection is read as
-//! `Server::read` does, the application answers, the queue is flushed into
-//! a socket that takes a scripted number of bytes, and the clock moves on,
-//! firing deadlines as the timer heap would.
+//! (reads hand it out, then say `WouldBlock`), the connection is read by
+//! `read_turn`, the application answers, the queue is flushed into a socket
+//! that takes a scripted number of bytes, and the clock moves on, firing
+//! deadlines as the timer heap would. The application behaves like the
+//! chat: it sets a timer when the connection opens (the join deadline),
+//! clears it on the first text, and closes with 1008 if it comes due.
 //!
 //! # The invariants
 //!
@@ -40,14 +44,15 @@ use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use miochat::evloop::connection::{Connection, Input, Socket};
+use miochat::evloop::connection::{read_turn, Connection, Input, ReadHost, Socket, Turn};
 use miochat::evloop::inbound::ReadBuffer;
 use miochat::evloop::outqueue::Batch;
 use miochat::evloop::{config::LoopConfig, http};
 use tungstenite::protocol::frame::coding::{CloseCode, Data};
 
-/// How many inputs `Server::read` takes from one connection per turn.
-const READ_BUDGET: usize = 32;
+/// How long the application gives a connection to send its first text, as
+/// the chat's join deadline (one of the clock's `STEPS`).
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Bytes before the peer's stream: three settings and the script.
 const HEADER: usize = 11;
@@ -202,51 +207,76 @@ struct Run<'a> {
     batch: Batch,
 }
 
-impl Run<'_> {
-    /// Reads as `Server::read` does: until drained, finished, or the
-    /// turn's budget is spent; then the leftover leaves the shared buffer.
-    fn read(&mut self, script: &mut Script) {
-        self.read_some(script);
-        self.conn.save_leftover(&mut self.buffer);
+/// The application's side of `read_turn`: the run, and the script that
+/// decides what the application answers.
+struct Reader<'r, 'a, 's> {
+    run: &'r mut Run<'a>,
+    script: &'r mut Script<'s>,
+}
+
+impl<'a> ReadHost<FakeSocket<'a>> for Reader<'_, 'a, '_> {
+    fn connection(&mut self) -> &mut Connection<FakeSocket<'a>> {
+        &mut self.run.conn
     }
 
-    fn read_some(&mut self, script: &mut Script) {
-        for _ in 0..READ_BUDGET {
-            match self.conn.poll_input(self.now, &self.config, &mut self.buffer) {
-                Input::Drained | Input::Finished => return,
-                Input::Control => {}
-                Input::Opened => {
-                    assert!(!self.app.opened, "Opened twice");
-                    self.app.opened = true;
-                }
-                Input::HttpGet(path) => {
-                    assert!(!self.app.opened, "an HTTP request on an open WebSocket");
-                    let body = format!("no {path} here\n");
-                    let response = http::response(404, "", "text/plain", body.as_bytes());
-                    self.conn.respond(&response, self.now);
-                }
-                Input::Text(_) => {
-                    assert!(self.app.opened, "a message before Opened");
-                    // Like a successful join: the join deadline is over.
-                    self.conn.admit();
-                    self.send(script.byte());
-                }
-                Input::Binary(_) => {
-                    assert!(self.app.opened, "a message before Opened");
-                    // What the chat service does with binary frames.
-                    self.conn
-                        .close(CloseCode::Unsupported, "no binary", self.now);
-                }
+    fn deliver(&mut self, input: Input<'_>) {
+        let run = &mut *self.run;
+        match input {
+            Input::Opened => {
+                assert!(!run.app.opened, "Opened twice");
+                run.app.opened = true;
+                run.conn.set_timer(Some(run.now + JOIN_TIMEOUT));
             }
-            self.check_queue();
+            Input::HttpGet(path) => {
+                assert!(!run.app.opened, "an HTTP request on an open WebSocket");
+                let body = format!("no {path} here\n");
+                let response = http::response(404, "", "text/plain", body.as_bytes());
+                run.conn.respond(&response, run.now);
+            }
+            Input::Text(_) => {
+                assert!(run.app.opened, "a message before Opened");
+                // Like a successful join: the join deadline is over.
+                run.conn.set_timer(None);
+                run.send(self.script.byte());
+            }
+            Input::Binary(_) => {
+                assert!(run.app.opened, "a message before Opened");
+                // What the chat service does with binary frames.
+                run.close(CloseCode::Unsupported, "no binary");
+            }
+            Input::Control | Input::Drained | Input::Finished => {
+                panic!("read_turn delivered {input:?}")
+            }
         }
+        run.check_queue();
+    }
+}
+
+impl Run<'_> {
+    /// Reads as the event loop does, with the loop's own function.
+    fn read(&mut self, script: &mut Script) {
+        let (now, config) = (self.now, self.config.clone());
+        let mut buffer = std::mem::take(&mut self.buffer);
+        read_turn(&mut Reader { run: self, script }, now, &config, &mut buffer);
+        self.buffer = buffer;
+        self.check_queue();
+    }
+
+    /// Closes the connection as the application would.
+    fn close(&mut self, code: CloseCode, reason: &str) {
+        let turn = Turn {
+            now: self.now,
+            config: &self.config,
+            broadcasts: &[],
+        };
+        self.conn.close(code, reason, &turn);
     }
 
     /// The application sends 0 to 3 frames of a scripted size, or (rarely)
     /// closes the connection, as `/quit` or flooding would.
     fn send(&mut self, choice: u8) {
         if choice >> 3 == 0x1f {
-            self.conn.close(CloseCode::Normal, "bye", self.now);
+            self.close(CloseCode::Normal, "bye");
             return;
         }
         let size = usize::from(choice >> 2) % PAYLOADS.len();
@@ -255,8 +285,12 @@ impl Run<'_> {
             .frame(Data::Text, "x".repeat(PAYLOADS[size]).as_bytes());
         self.app.largest_frame = self.app.largest_frame.max(frame.len());
         for _ in 0..choice & 3 {
-            self.conn
-                .send(frame, self.config.max_outbound_bytes, self.now);
+            let turn = Turn {
+                now: self.now,
+                config: &self.config,
+                broadcasts: &[],
+            };
+            self.conn.send(frame, &turn);
             self.check_queue();
         }
     }
@@ -264,12 +298,12 @@ impl Run<'_> {
     /// Flushes as `Server::settle` does, taking the goodbye around it.
     fn settle(&mut self, room: usize) {
         self.take_goodbye();
-        self.conn.socket.room = room;
+        self.conn.socket_mut().room = room;
         self.conn.flush(self.batch.bytes());
         self.batch.clear();
         self.take_goodbye();
         self.check_queue();
-        if self.app.opened && !self.conn.phase.is_open() {
+        if self.app.opened && !self.conn.phase().is_open() {
             assert!(self.app.goodbye, "left Open without a goodbye");
         }
     }
@@ -292,7 +326,15 @@ impl Run<'_> {
             .next_deadline(&self.config)
             .is_some_and(|at| at <= self.now);
         if due || early {
-            self.conn.on_deadline(self.now, &self.config);
+            let turn = Turn {
+                now: self.now,
+                config: &self.config,
+                broadcasts: &[],
+            };
+            if self.conn.on_deadline(&turn) {
+                // The join deadline passed: what the chat does.
+                self.close(CloseCode::Policy, "join timeout");
+            }
         }
         if due {
             if let Some(next) = self.conn.next_deadline(&self.config) {
@@ -304,7 +346,7 @@ impl Run<'_> {
     /// The bound on the output queue.
     fn check_queue(&self) {
         let one_frame = self.app.largest_frame.max(ONE_SMALL_FRAME);
-        let len = self.conn.out.len();
+        let len = self.conn.queued();
         assert!(
             len <= self.config.max_outbound_bytes + one_frame,
             "{len} bytes queued, bound {} plus a frame of {one_frame}",
@@ -355,10 +397,10 @@ fuzz_target!(|data: &[u8]| {
 
     // The scripted turns: while the peer's bytes arrive, and a few after.
     let mut turns = 0;
-    while !run.conn.phase.is_closed() && turns < stream.len() + 16 {
+    while !run.conn.phase().is_closed() && turns < stream.len() + 16 {
         turns += 1;
         let chunk = 1 + usize::from(script.byte());
-        run.conn.socket.arrive(chunk);
+        run.conn.socket_mut().arrive(chunk);
         run.read(&mut script);
         if run.app.opened {
             let choice = script.byte();
@@ -378,9 +420,9 @@ fuzz_target!(|data: &[u8]| {
 
     // The peer has said all it will. Whatever it did, time alone must now
     // end the connection: a ping, its timeout, the close linger.
-    run.conn.socket.arrive(usize::MAX);
+    run.conn.socket_mut().arrive(usize::MAX);
     for _ in 0..8 {
-        if run.conn.phase.is_closed() {
+        if run.conn.phase().is_closed() {
             break;
         }
         run.read(&mut script);
@@ -388,11 +430,11 @@ fuzz_target!(|data: &[u8]| {
         run.tick(Duration::from_secs(60), false);
         run.settle(usize::MAX);
     }
-    assert!(run.conn.phase.is_closed(), "still {:?}", run.conn.phase);
+    assert!(run.conn.phase().is_closed(), "still {:?}", run.conn.phase());
     if run.app.opened {
         assert!(run.app.goodbye, "opened, closed, and no goodbye");
     }
-    let first = &run.conn.socket.first_written;
+    let first = &run.conn.socket().first_written;
     assert!(
         first.is_empty() || first.starts_with(&b"HTTP/1.1 "[..first.len().min(9)]),
         "the first bytes written were {first:?}"

@@ -3,6 +3,7 @@
 //! them directly.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::chat::store::{SyncMode, IN_MEMORY};
 use crate::evloop::config::LoopConfig;
@@ -13,6 +14,9 @@ use crate::evloop::config::LoopConfig;
 pub struct ServerConfig {
     /// The event loop's limits and timers: address, sizes, deadlines.
     pub net: LoopConfig,
+    /// Time from the upgrade to a successful `join`, else close 1008
+    /// (`--join-timeout`).
+    pub join_timeout: Duration,
     /// Public messages kept and sent on join (`--history`).
     pub history: usize,
     /// Longest chat `text` in characters; above it `error` `too_long`
@@ -39,6 +43,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             net: LoopConfig::default(),
+            join_timeout: Duration::from_secs(10),
             history: 100,
             max_text_chars: 4000,
             max_resume: 1000,

@@ -12,4 +12,4 @@ pub mod room;
 pub mod service;
 pub mod store;
 
-pub use service::Chat;
+pub use service::{start, Chat};

@@ -46,7 +46,7 @@ use std::sync::Arc;
 use crate::chat::room::{Audience, Delivery, Room, UserId};
 use crate::chat::store::worker::{Done, Job, Outcome, Ticket, Worker};
 use crate::chat::store::{Commit, RoomName, RESERVE_BLOCK};
-use crate::evloop::server::Wakeup;
+use crate::evloop::service::Wakeup;
 use crate::proto::protocol::{ChatMessage, Cid, ErrorCode, Request, ServerMessage};
 
 /// What the publisher lets out, in order, for the service to send.

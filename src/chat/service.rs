@@ -21,6 +21,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -32,9 +33,10 @@ use crate::chat::publish::{Publisher, Release};
 use crate::chat::room::{Audience, Delivery, Room, RoomConfig};
 use crate::chat::store::worker::{Job, Worker};
 use crate::chat::store::{self, Commit, StoreError, MAIN_ROOM, RESERVE_BLOCK};
+use crate::evloop::handle::ServerHandle;
 use crate::evloop::http;
 use crate::evloop::outqueue::{Channel, FrameRef};
-use crate::evloop::server::{ConnId, Outbox, ServerHandle, Service, Wakeup};
+use crate::evloop::service::{ConnId, Outbox, Service, Wakeup};
 use crate::proto::protocol::{
     parse_request, ErrorCode, ParseError, Request, ServerMessage, Timestamp,
 };
@@ -56,6 +58,8 @@ pub struct Chat {
     rate_limit: f64,
     /// Requests a connection may send at once.
     rate_burst: u32,
+    /// Time from the upgrade to a successful `join`, else close 1008.
+    join_timeout: Duration,
     /// The room's output for the request at hand; kept to reuse its memory.
     deliveries: Vec<Delivery>,
     /// Holds the room's output until the store has what it needs.
@@ -213,6 +217,7 @@ impl Chat {
             sessions: HashMap::new(),
             rate_limit: config.rate_limit,
             rate_burst: config.rate_burst,
+            join_timeout: config.join_timeout,
             deliveries: Vec::new(),
             publisher: Publisher::new(
                 Worker::new(store),
@@ -339,6 +344,9 @@ impl Service for Chat {
                 mode: Mode::Undecided,
             },
         );
+        // The join deadline: `timer` closes the connection unless a
+        // successful join clears it first.
+        out.set_timer(conn, Some(out.now() + self.join_timeout));
     }
 
     fn text(&mut self, conn: ConnId, text: &str, out: &mut Outbox<'_>) {
@@ -371,12 +379,26 @@ impl Service for Chat {
             // The newcomer hears broadcasts once its welcome is sent (the
             // publisher says when): see `publish.rs`.
             if let Some(name) = self.room.name(conn) {
-                out.admit(conn);
+                out.set_timer(conn, None);
                 self.metrics.joined();
                 log::info!("{peer} joined as {name} ({} online)", self.room.online());
             }
         }
         self.deliver(conn, query, out);
+    }
+
+    fn binary(&mut self, conn: ConnId, _data: &[u8], out: &mut Outbox<'_>) {
+        out.close(
+            conn,
+            CloseCode::Unsupported,
+            "binary frames are not accepted",
+        );
+    }
+
+    fn timer(&mut self, conn: ConnId, out: &mut Outbox<'_>) {
+        // The only timer the chat sets is the join deadline, and joining
+        // clears it.
+        out.close(conn, CloseCode::Policy, "join timeout");
     }
 
     fn closed(&mut self, conn: ConnId, out: &mut Outbox<'_>) {
@@ -430,10 +452,8 @@ impl Service for Chat {
     }
 }
 
-impl ServerHandle {
-    /// Starts a chat server per `config` on its own thread.
-    pub fn start(config: ServerConfig) -> io::Result<ServerHandle> {
-        let chat = Chat::open(&config).map_err(io::Error::other)?;
-        ServerHandle::spawn(config.net, chat)
-    }
+/// Starts a chat server per `config` on its own thread.
+pub fn start(config: ServerConfig) -> io::Result<ServerHandle> {
+    let chat = Chat::open(&config).map_err(io::Error::other)?;
+    ServerHandle::spawn(config.net, chat)
 }

@@ -27,13 +27,11 @@ pub struct LoopConfig {
     /// Time from accept to a complete HTTP upgrade request
     /// (`--handshake-timeout`).
     pub handshake_timeout: Duration,
-    /// Time from the upgrade to a successful `join` (`--join-timeout`).
-    pub join_timeout: Duration,
     /// Silence from a client after which the server pings it
     /// (`--ping-interval`).
     pub ping_interval: Duration,
-    /// Time after a ping without any frame before the server gives up on the
-    /// client (`--ping-timeout`).
+    /// Time after a ping without any bytes from the client before the server
+    /// gives up on it (`--ping-timeout`).
     pub ping_timeout: Duration,
     /// TLS settings (certificate and key, loaded by `tls::load`): serve
     /// `wss://` and `https://` (`--tls-cert`, `--tls-key`); `None` for
@@ -50,7 +48,6 @@ impl Default for LoopConfig {
             max_connections_per_ip: 0,
             max_outbound_bytes: 1024 * 1024,
             handshake_timeout: Duration::from_secs(10),
-            join_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(30),
             ping_timeout: Duration::from_secs(30),
             tls: None,

@@ -3,10 +3,15 @@
 //! socket, and its deadlines.
 //!
 //! A connection never blocks and never calls `poll`: the event loop tells it
-//! when to read ([`Connection::poll_input`]), when to write
-//! ([`Connection::flush`]) and when a deadline passed
+//! when to read ([`Connection::poll_input`], through [`read_turn`]), when to
+//! write ([`Connection::flush`]) and when a deadline passed
 //! ([`Connection::on_deadline`]). It is generic over the socket so that tests
-//! can drive it with a fake stream that returns `WouldBlock`.
+//! and the fuzz target can drive it with a fake stream that returns
+//! `WouldBlock`.
+//!
+//! Its fields are private: the loop keeps its own bookkeeping about each
+//! connection (timer armed, listed for settling, WRITABLE registered) in
+//! its slab slot, and the connection keeps the protocol's state.
 //!
 //! ```text
 //!  accept ──► Handshake ──upgrade──► Open ──close/error──► Closing ──► Closed
@@ -117,26 +122,90 @@ pub enum Input<'a> {
     Finished,
 }
 
+/// Messages read from one connection per turn before the others get theirs.
+/// Large enough that a normal client is drained in one go, small enough
+/// that a flood cannot hold the loop for long.
+pub const READ_BUDGET: usize = 32;
+
+/// What a connection needs to know of the loop's turn to queue output: the
+/// time, the limits, and the round's broadcasts so far. Every method that
+/// queues a frame takes it and first gives the connection the broadcasts it
+/// is due, so its frames keep the order they were sent in: the rule holds
+/// by construction, not by the caller's care.
+#[derive(Debug, Clone, Copy)]
+pub struct Turn<'a> {
+    /// The time of this turn (read once per turn, not per event).
+    pub now: Instant,
+    /// The loop's limits: the output bound, the timers.
+    pub config: &'a LoopConfig,
+    /// The broadcasts made so far in this round.
+    pub broadcasts: &'a [Broadcast],
+}
+
+/// Whoever reads a connection for a turn: the event loop (its slab, its
+/// service) or a test harness. [`read_turn`] asks it for the connection
+/// before each read, because the loop lends its whole slab to the service
+/// in between, and hands it each input meant for the application.
+pub trait ReadHost<S> {
+    /// The connection being read.
+    fn connection(&mut self) -> &mut Connection<S>;
+
+    /// An input for the application: [`Input::Opened`], [`Input::Text`],
+    /// [`Input::Binary`], or [`Input::HttpGet`], which it must answer with
+    /// [`Connection::respond`] before the next read.
+    fn deliver(&mut self, input: Input<'_>);
+}
+
+/// Reads one connection for one turn, the way the event loop does: until
+/// the socket would block, the connection finishes, or [`READ_BUDGET`]
+/// inputs were read; then what is left of its input leaves the shared
+/// `buffer`. Returns whether it was drained; if not (the budget ran out),
+/// input may be waiting that no new readiness event will announce, so the
+/// loop reads it again next turn.
+pub fn read_turn<S: Socket>(
+    host: &mut impl ReadHost<S>,
+    now: Instant,
+    config: &LoopConfig,
+    buffer: &mut ReadBuffer,
+) -> bool {
+    let mut drained = false;
+    for _ in 0..READ_BUDGET {
+        match host.connection().poll_input(now, config, buffer) {
+            Input::Drained | Input::Finished => {
+                drained = true;
+                break;
+            }
+            Input::Control => {}
+            input => host.deliver(input),
+        }
+    }
+    // Whatever stopped the reading, what is left of this connection's
+    // input must leave the shared buffer before it serves another.
+    host.connection().save_leftover(buffer);
+    drained
+}
+
 /// One connection's state.
 #[derive(Debug)]
 pub struct Connection<S> {
     /// The socket; dropping the connection closes it.
-    pub socket: S,
+    socket: S,
     /// The peer's address, for logs and per-address limits.
-    pub peer: SocketAddr,
+    peer: SocketAddr,
     /// A number no other connection of this server has, so stale timer
     /// entries of a reused slab key can be recognised.
-    pub serial: u64,
+    serial: u64,
     /// Where the connection is in its life.
-    pub phase: Phase,
+    phase: Phase,
     /// Output waiting for the socket.
-    pub out: OutQueue,
+    out: OutQueue,
     /// When the connection was accepted: the handshake deadline runs from here.
     accepted_at: Instant,
-    /// Until the application admits the connection (a successful `join`),
-    /// the time by which it must, else it is closed with 1008.
-    admit_by: Option<Instant>,
-    /// When the last complete frame arrived: the ping timer runs from here.
+    /// When the service asked to hear of this connection again
+    /// ([`Connection::set_timer`]); the chat uses it for its join deadline.
+    timer: Option<Instant>,
+    /// When the last bytes arrived (any bytes, not only a whole frame): the
+    /// ping timer runs from here.
     last_heard: Instant,
     /// When we pinged and have not heard anything since.
     ping_sent: Option<Instant>,
@@ -145,13 +214,6 @@ pub struct Connection<S> {
     /// Set when the connection leaves `Open`; the loop takes it to tell the
     /// application exactly once.
     goodbye_pending: bool,
-    /// The deadline currently armed in the timer heap, if any.
-    pub armed: Option<Instant>,
-    /// Whether WRITABLE interest is registered (only while output waits).
-    pub write_interest: bool,
-    /// Whether the loop has this connection on its list for the end of the
-    /// turn, so it is listed once however much happens to it.
-    pub touched: bool,
     /// The channel whose broadcasts this connection hears, and how many of
     /// the round's broadcasts are already in its queue.
     subscription: Option<Subscription>,
@@ -164,6 +226,9 @@ pub struct Connection<S> {
 struct Subscription {
     /// The channel it hears.
     channel: Channel,
+    /// The connection's own key, so a broadcast sent "to everyone but the
+    /// sender" can skip it.
+    key: usize,
     /// How many of the round's broadcasts it has been given (or was
     /// subscribed after).
     seen: usize,
@@ -179,17 +244,45 @@ impl<S: Socket> Connection<S> {
             phase: Phase::Handshake { head: Vec::new() },
             out: OutQueue::default(),
             accepted_at: now,
-            admit_by: None,
+            timer: None,
             last_heard: now,
             ping_sent: None,
             close_by: None,
             goodbye_pending: false,
-            armed: None,
-            write_interest: false,
-            touched: false,
             subscription: None,
             close_code: None,
         }
+    }
+
+    /// The socket, for registering it with `poll` (and for tests).
+    pub fn socket(&self) -> &S {
+        &self.socket
+    }
+
+    /// The socket, for registering it with `poll` (and for tests).
+    pub fn socket_mut(&mut self) -> &mut S {
+        &mut self.socket
+    }
+
+    /// The peer's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The number no other connection of this server has.
+    pub fn serial(&self) -> u64 {
+        self.serial
+    }
+
+    /// Where the connection is in its life.
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    /// Bytes queued for the socket: while any are, the loop keeps WRITABLE
+    /// interest.
+    pub fn queued(&self) -> usize {
+        self.out.len()
     }
 
     /// Reads until one thing happens (see [`Input`]), through the loop's
@@ -207,7 +300,7 @@ impl<S: Socket> Connection<S> {
     ) -> Input<'b> {
         match self.phase {
             Phase::Handshake { .. } => {
-                let input = self.read_head(now, config, buffer);
+                let input = self.read_head(now, buffer);
                 self.discard_if_closing();
                 input
             }
@@ -239,12 +332,7 @@ impl<S: Socket> Connection<S> {
         }
     }
 
-    fn read_head(
-        &mut self,
-        now: Instant,
-        config: &LoopConfig,
-        buffer: &mut ReadBuffer,
-    ) -> Input<'static> {
+    fn read_head(&mut self, now: Instant, buffer: &mut ReadBuffer) -> Input<'static> {
         let Phase::Handshake { head } = &mut self.phase else {
             unreachable!("read_head is only called while handshaking");
         };
@@ -277,7 +365,6 @@ impl<S: Socket> Connection<S> {
                         inbound: Inbound::with_leftover(leftover),
                     };
                     self.last_heard = now;
-                    self.admit_by = Some(now + config.join_timeout);
                     return Input::Opened;
                 }
                 // The answer comes from the application, which must pass it
@@ -376,7 +463,7 @@ impl<S: Socket> Connection<S> {
     /// Closes with `code` after an input error; the input stream is no
     /// longer trusted, so what follows is discarded.
     fn fail(&mut self, code: CloseCode, reason: &str, now: Instant) -> Input<'static> {
-        self.close(code, reason, now);
+        self.close_now(code, reason, now);
         self.discard_input();
         Input::Finished
     }
@@ -419,58 +506,55 @@ impl<S: Socket> Connection<S> {
     }
 
     /// Queues a frame of the round's batch for the client if the WebSocket
-    /// is open. A client whose queue would pass `max_outbound` is too slow
-    /// to keep up: what it has not started receiving is dropped and it is
-    /// closed with 1013.
+    /// is open, after the broadcasts it is due. A client whose queue would
+    /// pass `max_outbound_bytes` is too slow to keep up: what it has not
+    /// started receiving is dropped and it is closed with 1013.
     ///
     /// An empty queue takes any one frame, so a message larger than the
     /// bound (a `welcome` with a long history) cannot lock a client out.
-    pub fn send(&mut self, frame: FrameRef<'_>, max_outbound: usize, now: Instant) {
-        self.queue(max_outbound, now, |out| out.push_frame(frame));
+    pub fn send(&mut self, frame: FrameRef<'_>, turn: &Turn<'_>) {
+        self.catch_up(turn);
+        self.queue(turn, |out| out.push_frame(frame));
     }
 
     /// Like [`send`](Self::send), for a frame only this client is sent:
     /// it is framed straight into the client's queue.
-    pub fn send_own(&mut self, data: Data, payload: &[u8], max_outbound: usize, now: Instant) {
-        self.queue(max_outbound, now, |out| out.push_own_frame(data, payload));
+    pub fn send_own(&mut self, data: Data, payload: &[u8], turn: &Turn<'_>) {
+        self.catch_up(turn);
+        self.queue(turn, |out| out.push_own_frame(data, payload));
     }
 
-    /// From now on, the connection hears every broadcast on `channel`:
-    /// those after the `round_so_far` already made in this round.
-    pub fn subscribe(&mut self, channel: Channel, round_so_far: usize) {
+    /// From now on, the connection (whose slab key is `key`) hears every
+    /// broadcast on `channel`: those after the `round_so_far` already made
+    /// in this round.
+    pub fn subscribe(&mut self, channel: Channel, key: usize, round_so_far: usize) {
         self.subscription = Some(Subscription {
             channel,
+            key,
             seen: round_so_far,
         });
     }
 
-    /// Queues the round's `broadcasts` that this connection has not been
-    /// given yet. Call it before queueing anything else for the connection,
-    /// so its frames keep the order they were sent in, and before the round
-    /// is written. Returns whether the connection needs settling (its
-    /// queue grew, or it turned out too slow).
-    pub fn catch_up(
-        &mut self,
-        key: usize,
-        broadcasts: &[Broadcast],
-        max_outbound: usize,
-        now: Instant,
-    ) -> bool {
+    /// Queues the round's broadcasts that this connection has not been
+    /// given yet. Everything that queues a frame calls it first; the loop
+    /// calls it for every connection before the round is written. Returns
+    /// whether the connection needs settling (its queue grew, or it turned
+    /// out too slow).
+    pub fn catch_up(&mut self, turn: &Turn<'_>) -> bool {
         let Some(subscription) = &mut self.subscription else {
             return false;
         };
-        let Some(unseen) = broadcasts
+        let Some(unseen) = turn
+            .broadcasts
             .get(subscription.seen..)
             .filter(|b| !b.is_empty())
         else {
             return false;
         };
-        subscription.seen = broadcasts.len();
-        let channel = subscription.channel;
+        subscription.seen = turn.broadcasts.len();
+        let Subscription { channel, key, .. } = *subscription;
         let before = self.out.len();
-        self.queue(max_outbound, now, |out| {
-            out.push_broadcasts(unseen, channel, key)
-        });
+        self.queue(turn, |out| out.push_broadcasts(unseen, channel, key));
         self.out.len() != before || self.goodbye_pending
     }
 
@@ -482,14 +566,14 @@ impl<S: Socket> Connection<S> {
         }
     }
 
-    fn queue(&mut self, max_outbound: usize, now: Instant, push: impl FnOnce(&mut OutQueue)) {
+    fn queue(&mut self, turn: &Turn<'_>, push: impl FnOnce(&mut OutQueue)) {
         if !self.phase.is_open() {
             return;
         }
         let was_empty = self.out.is_empty();
         push(&mut self.out);
-        if !was_empty && self.out.len() > max_outbound {
-            self.too_slow(now);
+        if !was_empty && self.out.len() > turn.config.max_outbound_bytes {
+            self.too_slow(turn.now);
         }
     }
 
@@ -498,12 +582,21 @@ impl<S: Socket> Connection<S> {
     fn too_slow(&mut self, now: Instant) {
         log::info!("{}: disconnecting a client too slow to keep up", self.peer);
         self.out.discard_unstarted();
-        self.close(CloseCode::Again, "too slow to keep up", now);
+        self.close_now(CloseCode::Again, "too slow to keep up", now);
     }
 
-    /// Starts the closing handshake with `code`, or simply closes a
-    /// connection that never became a WebSocket. Does nothing once closing.
-    pub fn close(&mut self, code: CloseCode, reason: &str, now: Instant) {
+    /// Starts the closing handshake with `code` after the broadcasts the
+    /// connection is due, or simply closes a connection that never became a
+    /// WebSocket. Does nothing once closing.
+    pub fn close(&mut self, code: CloseCode, reason: &str, turn: &Turn<'_>) {
+        self.catch_up(turn);
+        self.close_now(code, reason, turn.now);
+    }
+
+    /// [`close`](Self::close) for the connection's own reasons (an input
+    /// error, a timeout), which need no catching up: what was broadcast
+    /// before either went out already or is dropped with the client.
+    fn close_now(&mut self, code: CloseCode, reason: &str, now: Instant) {
         match self.phase {
             Phase::Open { .. } => {
                 let frame = CloseFrame {
@@ -519,9 +612,11 @@ impl<S: Socket> Connection<S> {
         }
     }
 
-    /// The application accepted the client: the join deadline no longer applies.
-    pub fn admit(&mut self) {
-        self.admit_by = None;
+    /// Sets (or, with `None`, clears) the service's timer for this
+    /// connection: [`on_deadline`](Self::on_deadline) reports it once when
+    /// it comes due. Only an open connection keeps it.
+    pub fn set_timer(&mut self, at: Option<Instant>) {
+        self.timer = at.filter(|_| self.phase.is_open());
     }
 
     /// Writes queued output; `batch` is the bytes of the round's
@@ -561,20 +656,27 @@ impl<S: Socket> Connection<S> {
         }
     }
 
-    /// Handles whatever deadline has passed at `now`.
-    pub fn on_deadline(&mut self, now: Instant, config: &LoopConfig) {
+    /// Handles whatever deadline has passed at `turn.now`, after giving the
+    /// connection the broadcasts it is due (a deadline may close it).
+    /// Returns whether the service's timer came due: the caller tells the
+    /// service, which decides what it means. The keepalive waits for the
+    /// next turn then, so that what the service does comes first.
+    pub fn on_deadline(&mut self, turn: &Turn<'_>) -> bool {
+        self.catch_up(turn);
+        let (now, config) = (turn.now, turn.config);
         match self.phase {
             Phase::Handshake { .. } if now >= self.accepted_at + config.handshake_timeout => {
                 log::debug!("{}: handshake timeout", self.peer);
                 self.set_closed();
             }
             Phase::Open { .. } => {
-                if self.admit_by.is_some_and(|at| now >= at) {
-                    self.close(CloseCode::Policy, "join timeout", now);
+                if self.timer.is_some_and(|at| now >= at) {
+                    self.timer = None;
+                    return true;
                 } else if let Some(sent) = self.ping_sent {
                     if now >= sent + config.ping_timeout {
                         log::debug!("{}: ping timeout", self.peer);
-                        self.close(CloseCode::Away, "ping timeout", now);
+                        self.close_now(CloseCode::Away, "ping timeout", now);
                     }
                 } else if now >= self.last_heard + config.ping_interval {
                     self.ping(now);
@@ -583,6 +685,7 @@ impl<S: Socket> Connection<S> {
             Phase::Closing { .. } if self.close_by.is_some_and(|at| now >= at) => self.set_closed(),
             _ => {}
         }
+        false
     }
 
     fn ping(&mut self, now: Instant) {
@@ -601,7 +704,7 @@ impl<S: Socket> Connection<S> {
                     Some(sent) => sent + config.ping_timeout,
                     None => self.last_heard + config.ping_interval,
                 };
-                Some(self.admit_by.map_or(keepalive, |at| at.min(keepalive)))
+                Some(self.timer.map_or(keepalive, |at| at.min(keepalive)))
             }
             Phase::Closing { .. } => self.close_by,
             Phase::Closed => None,
@@ -655,6 +758,23 @@ mod tests {
         LoopConfig {
             max_message_bytes: 1000,
             ..LoopConfig::default()
+        }
+    }
+
+    /// A turn at `now` with no broadcasts.
+    fn turn(now: Instant, config: &LoopConfig) -> Turn<'_> {
+        Turn {
+            now,
+            config,
+            broadcasts: &[],
+        }
+    }
+
+    /// A configuration whose output bound is `max_outbound_bytes`.
+    fn bound(max_outbound_bytes: usize) -> LoopConfig {
+        LoopConfig {
+            max_outbound_bytes,
+            ..config()
         }
     }
 
@@ -786,7 +906,7 @@ mod tests {
         let mut batch = Batch::default();
         for i in 0..5 {
             let frame = batch.frame(Data::Text, format!("message {i}").as_bytes());
-            conn.send(frame, usize::MAX, now);
+            conn.send(frame, &turn(now, &bound(usize::MAX)));
         }
         let expected = batch.bytes().to_vec();
         // The kernel takes 7 bytes per turn: the queue resumes mid-frame.
@@ -813,16 +933,20 @@ mod tests {
             broadcasts.clone()
         };
         broadcast(&mut batch, "before it subscribed", 0, None);
-        conn.subscribe(0, 1);
+        conn.subscribe(0, 1, 1);
         broadcast(&mut batch, "first", 0, None);
         broadcast(&mut batch, "not for connection 1", 0, Some(1));
         let so_far = broadcast(&mut batch, "another channel", 1, None);
-        // Something sent to it directly comes after what was broadcast before.
-        conn.catch_up(1, &so_far, usize::MAX, now);
-        conn.send_own(Data::Text, b"direct", usize::MAX, now);
+        let config = bound(usize::MAX);
+        // Something sent to it directly comes after what was broadcast
+        // before: sending takes those broadcasts first by itself.
+        let mut turn = turn(now, &config);
+        turn.broadcasts = &so_far;
+        conn.send_own(Data::Text, b"direct", &turn);
         let all = broadcast(&mut batch, "last", 0, None);
-        assert!(conn.catch_up(1, &all, usize::MAX, now));
-        assert!(!conn.catch_up(1, &all, usize::MAX, now), "given once");
+        turn.broadcasts = &all;
+        assert!(conn.catch_up(&turn));
+        assert!(!conn.catch_up(&turn), "given once");
         conn.flush(batch.bytes());
         let text_frame = |text: &str| [&[0x81, text.len() as u8], text.as_bytes()].concat();
         let expected = [
@@ -841,12 +965,13 @@ mod tests {
         let mut batch = Batch::default();
         let frame = batch.frame(Data::Text, "x".repeat(100).as_bytes());
         let frame_bytes = batch.bytes().to_vec();
-        conn.send(frame, 250, now);
+        let config = bound(250);
+        conn.send(frame, &turn(now, &config));
         // Half of the first frame reaches the wire, then the client stalls.
         conn.socket.room = 50;
         conn.flush(batch.bytes());
-        conn.send(frame, 250, now);
-        conn.send(frame, 250, now);
+        conn.send(frame, &turn(now, &config));
+        conn.send(frame, &turn(now, &config));
         assert!(matches!(conn.phase, Phase::Closing { .. }));
         conn.socket.room = usize::MAX;
         conn.flush(batch.bytes());
@@ -867,10 +992,9 @@ mod tests {
         let start = Instant::now();
         let config = config();
         let mut conn = open_connection(start);
-        conn.admit();
         let ping_at = start + config.ping_interval;
         assert_eq!(conn.next_deadline(&config), Some(ping_at));
-        conn.on_deadline(ping_at, &config);
+        assert!(!conn.on_deadline(&turn(ping_at, &config)));
         conn.flush(&[]);
         assert_eq!(conn.socket.written, [0x89, 0x00]);
         // A pong (any frame) resets the keepalive.
@@ -891,12 +1015,12 @@ mod tests {
         // This time the client stays silent.
         let second_ping = later + config.ping_interval;
         conn.socket.written.clear();
-        conn.on_deadline(second_ping, &config);
+        conn.on_deadline(&turn(second_ping, &config));
         conn.flush(&[]);
         assert_eq!(conn.socket.written, [0x89, 0x00]);
         let give_up = second_ping + config.ping_timeout;
         assert_eq!(conn.next_deadline(&config), Some(give_up));
-        conn.on_deadline(give_up, &config);
+        conn.on_deadline(&turn(give_up, &config));
         assert!(matches!(conn.phase, Phase::Closing { .. }));
         conn.socket.written.clear();
         conn.flush(&[]);
@@ -910,7 +1034,6 @@ mod tests {
         let start = Instant::now();
         let config = config();
         let mut conn = open_connection(start);
-        conn.admit();
         let frame = client_frame(0x1, &[b'a'; 500]);
         let later = start + config.ping_interval;
         conn.socket.input.push_back(frame[..100].to_vec());
@@ -959,24 +1082,38 @@ mod tests {
         let mut conn = open_connection(now);
         let mut batch = Batch::default();
         let big = batch.frame(Data::Text, "w".repeat(2000).as_bytes());
-        conn.send(big, 1000, now);
+        let config = bound(1000);
+        conn.send(big, &turn(now, &config));
         assert!(conn.phase.is_open());
         assert_eq!(conn.out.len(), big.len());
         // Anything more while it waits is over the bound.
-        conn.send(batch.frame(Data::Text, b"x"), 1000, now);
+        conn.send(batch.frame(Data::Text, b"x"), &turn(now, &config));
         assert!(matches!(conn.phase, Phase::Closing { .. }));
     }
 
     #[test]
-    fn no_join_in_time_is_closed_with_1008() {
+    fn the_services_timer_comes_due_once_before_the_keepalive() {
         let start = Instant::now();
         let config = config();
         let mut conn = open_connection(start);
-        let deadline = start + config.join_timeout;
-        assert_eq!(conn.next_deadline(&config), Some(deadline));
-        conn.on_deadline(deadline, &config);
+        let at = start + Duration::from_secs(5);
+        conn.set_timer(Some(at));
+        assert_eq!(conn.next_deadline(&config), Some(at));
+        assert!(!conn.on_deadline(&turn(at - Duration::from_millis(1), &config)));
+        assert!(conn.on_deadline(&turn(at, &config)), "due");
+        assert!(!conn.on_deadline(&turn(at, &config)), "reported once");
+        assert_eq!(
+            conn.next_deadline(&config),
+            Some(start + config.ping_interval)
+        );
+        // Cleared before it is due, it never comes.
+        conn.set_timer(Some(at));
+        conn.set_timer(None);
+        assert!(!conn.on_deadline(&turn(at, &config)));
+        // The loop writes nothing of its own for it: what it means is the
+        // service's to decide.
         conn.flush(&[]);
-        assert_eq!(&conn.socket.written[2..4], &1008u16.to_be_bytes());
+        assert!(conn.socket.written.is_empty());
     }
 
     #[test]

@@ -107,10 +107,10 @@ impl LoopMetrics {
     /// Adds a connection's bytes, handshake and close code; a handshake
     /// still under way counts as failed when the connection is `gone`.
     fn add(&mut self, conn: &Connection<Stream>, gone: bool) {
-        let counts = &conn.socket.counts;
+        let counts = &conn.socket().counts;
         self.retired.counts.bytes_in += counts.bytes_in;
         self.retired.counts.bytes_out += counts.bytes_out;
-        match conn.socket.tls_state() {
+        match conn.socket().tls_state() {
             TlsState::Plain => {}
             TlsState::Handshaking if !gone => {}
             TlsState::Established => self.retired.tls_handshakes += 1,
@@ -139,7 +139,7 @@ impl LoopMetrics {
         };
         for conn in open {
             snapshot.open += 1;
-            if conn.socket.tls_state() == TlsState::Handshaking {
+            if conn.socket().tls_state() == TlsState::Handshaking {
                 snapshot.tls_handshaking += 1;
             }
             snapshot.metrics.add(conn, false);

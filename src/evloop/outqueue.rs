@@ -8,7 +8,7 @@
 //! so the ranges merge: a client that is sent forty messages in a turn has
 //! one range, written with one `writev` of one buffer. At the end of the
 //! round each queue is written, whatever a socket did not take is copied
-//! into that queue's own backlog, and the batch is cleared for the next
+//! into that queue's own carry-over, and the batch is cleared for the next
 //! round. So a slow reader never holds on to a batch, and a delivery costs
 //! a range comparison, not an allocation or a reference count.
 
@@ -20,13 +20,13 @@ use tungstenite::protocol::frame::coding::{Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 
 /// The most buffers handed to one `writev`. Linux accepts 1024; a queue
-/// rarely holds more than three (its backlog, this round's range, a pong).
+/// rarely holds more than three (its carried bytes, this round's range, a pong).
 const MAX_IOVECS: usize = 16;
 
-/// A backlog that empties keeps its allocation only up to this size, so a
+/// A carry-over that empties keeps its allocation only up to this size, so a
 /// burst does not pin memory on a connection that then goes idle: idle
 /// connections are most of a big server's memory.
-const KEPT_BACKLOG_BYTES: usize = 1024;
+const KEPT_CARRIED_BYTES: usize = 1024;
 
 /// A batch keeps this much capacity between rounds. Large enough for a
 /// busy round of chat frames (16 KiB is about 150 messages), so a steady
@@ -144,10 +144,10 @@ pub struct OutQueue {
     /// Bytes from earlier rounds, oldest first: what the socket did not
     /// take, copied out of its batch (and the `101` response, which is put
     /// here directly). It is never discarded, since it may end mid-frame.
-    backlog: Vec<u8>,
-    /// How many bytes at the front of `backlog` are already written.
+    carried: Vec<u8>,
+    /// How many bytes at the front of `carried` are already written.
     written: usize,
-    /// This round's output in the order it was queued, after the backlog.
+    /// This round's output in the order it was queued, after the carry-over.
     round: Vec<Piece>,
     /// Unwritten bytes in all: what `--max-outbound-bytes` bounds.
     len: usize,
@@ -240,21 +240,21 @@ impl OutQueue {
     /// sends, which every later frame depends on.
     pub fn push_sealed(&mut self, bytes: &[u8]) {
         debug_assert!(self.round.is_empty(), "the 101 response comes first");
-        self.backlog.extend_from_slice(bytes);
+        self.carried.extend_from_slice(bytes);
         self.len += bytes.len();
     }
 
     /// Drops this round's output, none of which has been written yet,
-    /// keeping the backlog (the stream stays well-formed): room for a last
+    /// keeping the carry-over (the stream stays well-formed): room for a last
     /// close frame.
     pub fn discard_unstarted(&mut self) {
-        self.len = self.backlog.len() - self.written;
+        self.len = self.carried.len() - self.written;
         self.round.clear();
     }
 
     /// Writes as much as the sink takes, with `batch` the bytes of this
     /// round's [`Batch`], then copies what is left of this round into the
-    /// backlog, so the batch can be cleared. Returns `Ok` when the queue is
+    /// carry-over, so the batch can be cleared. Returns `Ok` when the queue is
     /// empty or the sink would block (check [`is_empty`](Self::is_empty));
     /// any other error means the connection is broken.
     pub fn write_to<W: Write>(&mut self, sink: &mut W, batch: &[u8]) -> io::Result<()> {
@@ -264,8 +264,8 @@ impl OutQueue {
         let result = loop {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let mut count = 0;
-            if self.written < self.backlog.len() {
-                slices[0] = IoSlice::new(&self.backlog[self.written..]);
+            if self.written < self.carried.len() {
+                slices[0] = IoSlice::new(&self.carried[self.written..]);
                 count = 1;
             }
             for (i, piece) in self.round.iter().enumerate().skip(pieces_done) {
@@ -287,11 +287,11 @@ impl OutQueue {
                 Err(err) => break Err(err),
             };
             self.len -= n;
-            let from_backlog = n.min(self.backlog.len() - self.written);
-            self.written += from_backlog;
-            n -= from_backlog;
-            if self.written == self.backlog.len() {
-                self.clear_backlog();
+            let from_carried = n.min(self.carried.len() - self.written);
+            self.written += from_carried;
+            n -= from_carried;
+            if self.written == self.carried.len() {
+                self.clear_carried();
             }
             while n > 0 {
                 let left = self.round[pieces_done].bytes(batch).len() - piece_written;
@@ -308,28 +308,28 @@ impl OutQueue {
         result
     }
 
-    /// Moves the unwritten rest of this round into the backlog.
+    /// Moves the unwritten rest of this round into the carry-over.
     fn spill(&mut self, batch: &[u8], pieces_done: usize, piece_written: usize) {
         if pieces_done < self.round.len() {
             if self.written > 0 {
-                self.backlog.drain(..self.written);
+                self.carried.drain(..self.written);
                 self.written = 0;
             }
             for (i, piece) in self.round.iter().enumerate().skip(pieces_done) {
                 let skip = if i == pieces_done { piece_written } else { 0 };
-                self.backlog.extend_from_slice(&piece.bytes(batch)[skip..]);
+                self.carried.extend_from_slice(&piece.bytes(batch)[skip..]);
             }
         }
         self.round.clear();
     }
 
-    /// Forgets a fully written backlog, giving back a large allocation.
-    fn clear_backlog(&mut self) {
+    /// Forgets a fully written carry-over, giving back a large allocation.
+    fn clear_carried(&mut self) {
         self.written = 0;
-        if self.backlog.capacity() > KEPT_BACKLOG_BYTES {
-            self.backlog = Vec::new();
+        if self.carried.capacity() > KEPT_CARRIED_BYTES {
+            self.carried = Vec::new();
         } else {
-            self.backlog.clear();
+            self.carried.clear();
         }
     }
 }
@@ -466,7 +466,7 @@ mod tests {
     }
 
     #[test]
-    fn discarding_keeps_the_backlog_and_drops_the_round() {
+    fn discarding_keeps_the_carry_over_and_drops_the_round() {
         let mut queue = OutQueue::default();
         queue.push_sealed(b"HTTP/1.1 101\r\n\r\n");
         let mut batch = Batch::default();
@@ -482,7 +482,7 @@ mod tests {
     }
 
     #[test]
-    fn a_large_backlog_is_given_back_once_written() {
+    fn a_large_carry_over_is_given_back_once_written() {
         let mut queue = OutQueue::default();
         let mut batch = Batch::default();
         queue.push_frame(batch.frame(Data::Binary, &[0; 10_000]));
@@ -491,10 +491,10 @@ mod tests {
             ..Sink::default()
         };
         queue.write_to(&mut sink, batch.bytes()).unwrap();
-        assert!(queue.backlog.capacity() >= 9_900);
+        assert!(queue.carried.capacity() >= 9_900);
         sink.room = usize::MAX;
         queue.write_to(&mut sink, &[]).unwrap();
         assert!(queue.is_empty());
-        assert_eq!(queue.backlog.capacity(), 0);
+        assert_eq!(queue.carried.capacity(), 0);
     }
 }

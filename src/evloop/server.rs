@@ -1,21 +1,30 @@
 //! The event loop: one thread, one `mio::Poll`, a slab of connections.
 //!
 //! The loop moves bytes and runs timers; what the bytes mean is up to the
-//! [`Service`] it serves (the chat room in `chat.rs`, an echo service in
-//! `examples/echo.rs`). One turn of the loop:
+//! [`Service`] it serves (the chat in `chat::service`, an echo service in
+//! `examples/echo.rs`). One turn of the loop ([`Server::turn`]):
 //!
 //! 1. `poll` sleeps until a socket is ready or the earliest deadline.
 //! 2. New connections are accepted until `WouldBlock`.
 //! 3. Each ready connection is read until `WouldBlock` (readiness is
-//!    edge-triggered) or until its budget for this turn is spent; then it
-//!    waits on the backlog for the next turn, so one busy client cannot
-//!    starve the rest.
-//! 4. Due deadlines fire (handshake, join, ping, close linger), and the
-//!    service ends its turn ([`Service::end_of_turn`]).
+//!    edge-triggered) or until its read budget is spent ([`read_turn`]);
+//!    then it goes on the list of unfinished reads, which is read once more
+//!    (one more budget) after every ready connection had its share. What is
+//!    still unfinished then is read in the next turn, whose `poll` does
+//!    not sleep. One busy client cannot starve the rest.
+//! 4. Due deadlines fire (handshake, ping, close linger, the service's
+//!    timers).
 //! 5. Every connection touched in this turn is settled once: the service
 //!    hears of the ones that closed, queued output is flushed with one
 //!    `writev`, WRITABLE interest is kept only while output waits, the next
 //!    deadline is armed and finished connections are removed.
+//!
+//! A slab slot is freed only in step 5, after every event of the turn was
+//! handled: an event already taken from `poll` for a connection that closed
+//! can never reach a new connection that reuses its slot.
+//!
+//! Each connection's slot (`Slot`) holds the loop's own bookkeeping next
+//! to the connection; only this file writes it.
 //!
 //! `docs/event-loop.md` walks through this file step by step.
 
@@ -29,28 +38,24 @@ use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
-use prometheus_client::collector::Collector;
 use slab::Slab;
 use tungstenite::protocol::frame::coding::{CloseCode, Data};
 
 use crate::evloop::config::LoopConfig;
-use crate::evloop::connection::{Connection, Input, Socket, CLOSE_LINGER};
+use crate::evloop::connection::{
+    read_turn, Connection, Input, ReadHost, Socket, Turn, CLOSE_LINGER,
+};
 use crate::evloop::inbound::ReadBuffer;
 use crate::evloop::metrics::{self, LoopMetrics};
 use crate::evloop::outqueue::{Batch, Broadcast, Channel, FrameRef};
+use crate::evloop::service::{Outbox, Service, Wakeup};
 use crate::evloop::timers::Timers;
 use crate::evloop::tls::{Stream, Tls, TlsReloader};
-
-/// Identifies a connection to the service: its slab key. Valid until the
-/// service is told the connection closed.
-pub type ConnId = usize;
 
 /// The listening socket's token. Connection tokens are slab keys, which
 /// start at 0, so the two fixed tokens sit at the top of the range.
 const LISTENER: Token = Token(usize::MAX - 1);
-/// The waker's token: another thread asked the loop to stop, or woke the
-/// service (see [`Wakeup`]). mio allows one waker per `Poll`, so both share
-/// it and each sets its own flag first.
+/// The waker's token: another thread asked the loop to stop.
 const WAKER: Token = Token(usize::MAX);
 
 /// Completed connections the kernel holds for us until we accept them.
@@ -70,189 +75,35 @@ const TRIM_INTERVAL: Duration = Duration::from_secs(10);
 /// wait for the next turn; 1024 amortises the syscall without a large array.
 const EVENTS_PER_POLL: usize = 1024;
 
-/// Messages read from one connection per turn before the others get theirs.
-/// Large enough that a normal client is drained in one go, small enough
-/// that a flood cannot hold the loop for long.
-const READ_BUDGET: usize = 32;
-
-/// The application side of the server: told what arrives, it answers
-/// through the [`Outbox`].
-pub trait Service {
-    /// A WebSocket was opened (the upgrade completed).
-    fn opened(&mut self, conn: ConnId, peer: SocketAddr, out: &mut Outbox<'_>);
-
-    /// A complete text message arrived.
-    fn text(&mut self, conn: ConnId, text: &str, out: &mut Outbox<'_>);
-
-    /// A complete binary message arrived. By default it is refused with
-    /// close code 1003, as the chat protocol requires.
-    fn binary(&mut self, conn: ConnId, _data: &[u8], out: &mut Outbox<'_>) {
-        out.close(
-            conn,
-            CloseCode::Unsupported,
-            "binary frames are not accepted",
-        );
-    }
-
-    /// An opened connection is no longer open (either side closed it, or it
-    /// failed). Called exactly once for each `opened`; `conn` is not valid
-    /// after this returns.
-    fn closed(&mut self, conn: ConnId, out: &mut Outbox<'_>);
-
-    /// A plain HTTP `GET` (not an upgrade) for `path`; returns the complete
-    /// response, see [`crate::evloop::http::response`]. The connection closes after it.
-    fn http_get(&mut self, path: &str) -> Vec<u8>;
-
-    /// The service's own numbers for `GET /metrics`, next to the loop's.
-    fn metrics(&self) -> Option<Box<dyn Collector>> {
-        None
-    }
-
-    /// Called once, before the loop runs: a handle with which another
-    /// thread (a completion source, such as a store thread) wakes the
-    /// loop and has [`woken`](Self::woken) called. By default unused.
-    fn attach(&mut self, _wakeup: Wakeup) {}
-
-    /// [`Wakeup::wake`] was called since the last call (once or several
-    /// times; spurious calls are harmless). Called on the loop's thread,
-    /// in the turn that noticed it, before [`end_of_turn`](Self::end_of_turn).
-    fn woken(&mut self, _out: &mut Outbox<'_>) {}
-
-    /// Called once at the end of every turn, after the input and the
-    /// deadlines and before the output is written: the place to hand the
-    /// turn's work to another thread in one piece, or to send what was
-    /// held back.
-    fn end_of_turn(&mut self, _out: &mut Outbox<'_>) {}
+/// The loop's own record of one connection: the connection itself and
+/// what only the loop knows about it. Nothing outside this file writes
+/// these fields; the service reaches connections through [`Round::reach`].
+#[derive(Debug)]
+pub(super) struct Slot {
+    /// The connection: its socket, protocol state and output queue.
+    conn: Connection<Stream>,
+    /// The deadline currently armed in the timer heap, if any.
+    armed: Option<Instant>,
+    /// Whether WRITABLE interest is registered (only while output waits).
+    write_interest: bool,
+    /// Whether the connection is on the round's list to settle, so that it
+    /// is listed once however much happens to it.
+    touched: bool,
 }
 
-/// Wakes the loop from another thread to call [`Service::woken`]; see
-/// [`Service::attach`]. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct Wakeup {
-    /// Set before waking; the loop clears it and calls the service.
-    pending: Arc<AtomicBool>,
-    /// Wakes the loop out of `poll`.
-    waker: Arc<Waker>,
-}
-
-impl Wakeup {
-    /// Has the loop call [`Service::woken`] soon; never blocks.
-    pub fn wake(&self) {
-        self.pending.store(true, Ordering::SeqCst);
-        // If waking fails the loop is gone, and nobody is waiting.
-        let _ = self.waker.wake();
-    }
-
-    /// A wakeup on a waker of the caller's own, for unit tests of
-    /// services that run without a loop.
-    #[cfg(test)]
-    pub(crate) fn for_tests(waker: Waker) -> Wakeup {
-        Wakeup {
-            pending: Arc::new(AtomicBool::new(false)),
-            waker: Arc::new(waker),
-        }
-    }
-}
-
-/// What a service may do to connections while it handles an event. Sends
-/// are queued; everything is flushed once at the end of the loop turn.
-pub struct Outbox<'a> {
-    /// Every connection.
-    conns: &'a mut Slab<Connection<Stream>>,
-    /// What the round will write: sends are recorded here.
-    round: &'a mut Round,
-    /// The time of this turn.
-    now: Instant,
-    /// The per-client output bound.
-    max_outbound: usize,
-}
-
-impl<'a> Outbox<'a> {
-    /// The time of this loop turn (read once per turn, not per event).
-    pub fn now(&self) -> Instant {
-        self.now
-    }
-
-    /// Frames a text message once, to [`send`](Self::send) it to any number
-    /// of connections in this round.
-    pub fn frame_text(&mut self, text: &str) -> FrameRef<'a> {
-        self.round.batch.frame(Data::Text, text.as_bytes())
-    }
-
-    /// Queues a frame for one connection. Ignored if it is not open.
-    pub fn send(&mut self, conn: ConnId, frame: FrameRef<'a>) {
-        let (max_outbound, now) = (self.max_outbound, self.now);
-        if let Some(connection) = self.catch_up(conn) {
-            connection.send(frame, max_outbound, now);
-        }
-    }
-
-    /// Sends a text message to one connection only (a reply, a welcome).
-    /// Cheaper than [`frame_text`](Self::frame_text) and `send` for a single
-    /// recipient, and it keeps the round's batch to shared frames, so the
-    /// frames each client shares with others stay one range.
-    pub fn send_text(&mut self, conn: ConnId, text: &str) {
-        self.send_own(conn, Data::Text, text.as_bytes());
-    }
-
-    /// Sends a binary message to one connection only.
-    pub fn send_binary(&mut self, conn: ConnId, data: &[u8]) {
-        self.send_own(conn, Data::Binary, data);
-    }
-
-    fn send_own(&mut self, conn: ConnId, data: Data, payload: &[u8]) {
-        let (max_outbound, now) = (self.max_outbound, self.now);
-        if let Some(connection) = self.catch_up(conn) {
-            connection.send_own(data, payload, max_outbound, now);
-        }
-    }
-
-    /// From now on `conn` hears every [`broadcast`](Self::broadcast) on
-    /// `channel` (the broadcasts made so far are not for it).
-    pub fn subscribe(&mut self, conn: ConnId, channel: Channel) {
-        if let Some(connection) = self.conns.get_mut(conn) {
-            connection.subscribe(channel, self.round.broadcasts.len());
-        }
-    }
-
-    /// Sends a frame to every open subscriber of `channel` except `except`.
-    /// It costs the same for ten subscribers or ten thousand: the broadcast
-    /// is recorded once, and each subscriber takes the round's broadcasts
-    /// in one go before it is written.
-    pub fn broadcast(&mut self, channel: Channel, frame: FrameRef<'a>, except: Option<ConnId>) {
-        self.round
-            .broadcasts
-            .push(Broadcast::new(frame, channel, except));
-    }
-
-    /// Starts closing a connection with a close code and reason.
-    pub fn close(&mut self, conn: ConnId, code: CloseCode, reason: &str) {
-        let now = self.now;
-        if let Some(connection) = self.catch_up(conn) {
-            connection.close(code, reason, now);
-        }
-    }
-
-    /// The connection, given the broadcasts it is due first (so that what
-    /// is queued next comes after them) and put on the list to settle.
-    fn catch_up(&mut self, conn: ConnId) -> Option<&mut Connection<Stream>> {
-        let connection = self.conns.get_mut(conn)?;
-        connection.catch_up(conn, &self.round.broadcasts, self.max_outbound, self.now);
-        touch(&mut self.round.touched, conn, connection);
-        Some(connection)
-    }
-
-    /// Marks a connection as admitted: its join deadline no longer applies.
-    pub fn admit(&mut self, conn: ConnId) {
-        if let Some(connection) = self.conns.get_mut(conn) {
-            connection.admit();
+impl Slot {
+    /// Puts the connection on the list to settle at the end of the turn, once.
+    fn touch(&mut self, key: usize, touched: &mut Vec<usize>) {
+        if !self.touched {
+            self.touched = true;
+            touched.push(key);
         }
     }
 }
 
 /// What the loop writes at the end of the turn, gathered while it reads.
 #[derive(Debug, Default)]
-struct Round {
+pub(super) struct Round {
     /// Connections to settle at the end of this turn.
     touched: Vec<usize>,
     /// This round's frames, shared by every connection they are sent to.
@@ -263,27 +114,102 @@ struct Round {
 }
 
 impl Round {
-    /// The service's view of the connections and of this round.
-    fn outbox<'a>(
-        &'a mut self,
-        conns: &'a mut Slab<Connection<Stream>>,
+    /// The one way to reach a connection in order to queue output on it:
+    /// it is put on the list to settle (so what is queued gets written),
+    /// and the [`Turn`] it is handed makes it take the broadcasts it is due
+    /// before anything else (so its frames keep their order).
+    pub(super) fn reach<'s>(
+        &'s mut self,
+        slots: &'s mut Slab<Slot>,
+        key: usize,
+        config: &'s LoopConfig,
         now: Instant,
-        max_outbound: usize,
-    ) -> Outbox<'a> {
-        Outbox {
-            conns,
-            round: self,
+    ) -> Option<(&'s mut Connection<Stream>, Turn<'s>)> {
+        let slot = slots.get_mut(key)?;
+        slot.touch(key, &mut self.touched);
+        let turn = Turn {
             now,
-            max_outbound,
+            config,
+            broadcasts: &self.broadcasts,
+        };
+        Some((&mut slot.conn, turn))
+    }
+
+    /// Frames a message into the round's batch.
+    pub(super) fn frame<'r>(&mut self, data: Data, payload: &[u8]) -> FrameRef<'r> {
+        self.batch.frame(data, payload)
+    }
+
+    /// Records a broadcast; subscribers take it when they are next reached,
+    /// or when the round is written.
+    pub(super) fn broadcast(
+        &mut self,
+        channel: Channel,
+        frame: FrameRef<'_>,
+        except: Option<usize>,
+    ) {
+        self.broadcasts.push(Broadcast::new(frame, channel, except));
+    }
+
+    /// Subscribes a connection to `channel` from this point of the round on.
+    pub(super) fn subscribe(&self, slots: &mut Slab<Slot>, key: usize, channel: Channel) {
+        if let Some(slot) = slots.get_mut(key) {
+            slot.conn.subscribe(channel, key, self.broadcasts.len());
         }
     }
 }
 
-/// Puts a connection on the list to settle at the end of the turn, once.
-fn touch(touched: &mut Vec<usize>, key: usize, conn: &mut Connection<Stream>) {
-    if !conn.touched {
-        conn.touched = true;
-        touched.push(key);
+/// The loop's side of [`read_turn`]: the connection is taken from the slab
+/// afresh for every read, because in between the service has the whole
+/// slab (its answer may go to any connection).
+struct LoopReader<'a, S> {
+    /// The connection being read.
+    key: usize,
+    /// Every connection.
+    slots: &'a mut Slab<Slot>,
+    /// What the round will write.
+    round: &'a mut Round,
+    /// The application, told of each input.
+    service: &'a mut S,
+    /// The loop's limits.
+    config: &'a LoopConfig,
+    /// The time of this turn.
+    now: Instant,
+    /// The loop's counters, for `GET /metrics`.
+    metrics: &'a LoopMetrics,
+}
+
+impl<S: Service> ReadHost<Stream> for LoopReader<'_, S> {
+    fn connection(&mut self) -> &mut Connection<Stream> {
+        let slot = &mut self.slots[self.key];
+        // Whatever reading does (a pong, a close reply, a failure) must be
+        // settled at the end of the turn.
+        slot.touch(self.key, &mut self.round.touched);
+        &mut slot.conn
+    }
+
+    fn deliver(&mut self, input: Input<'_>) {
+        let (key, now) = (self.key, self.now);
+        if let Input::HttpGet(path) = input {
+            let response = if path == metrics::PATH {
+                let open = self.slots.iter().map(|(_, slot)| &slot.conn);
+                self.metrics.response(open, self.service.metrics())
+            } else {
+                self.service.http_get(&path)
+            };
+            self.slots[key].conn.respond(&response, now);
+            return;
+        }
+        let peer = self.slots[key].conn.peer();
+        let mut out = Outbox::new(self.slots, self.round, self.config, now);
+        match input {
+            Input::Opened => self.service.opened(key, peer, &mut out),
+            Input::Text(text) => self.service.text(key, text, &mut out),
+            Input::Binary(data) => self.service.binary(key, data, &mut out),
+            Input::HttpGet(_) | Input::Control | Input::Drained | Input::Finished => {
+                unreachable!("read_turn delivers only inputs for the application")
+            }
+        }
     }
 }
 
@@ -308,14 +234,15 @@ impl Shutdown {
 
 /// The event loop and everything it owns.
 pub struct Server<S> {
-    /// The readiness queue; only [`Server::run`] calls `poll` on it.
+    /// The readiness queue; only [`Server::turn`] calls `poll` on it.
     poll: Poll,
     /// The listening socket, dropped when shutting down.
     listener: Option<TcpListener>,
     /// Its address (with the real port when bound to port 0).
     local_addr: SocketAddr,
-    /// Every connection, keyed by the token it is registered with.
-    conns: Slab<Connection<Stream>>,
+    /// Every connection and the loop's record of it, keyed by the token it
+    /// is registered with.
+    slots: Slab<Slot>,
     /// Every connection's next deadline.
     timers: Timers,
     /// The application.
@@ -324,8 +251,6 @@ pub struct Server<S> {
     config: LoopConfig,
     /// Shared with [`Shutdown`] handles.
     shutdown: Shutdown,
-    /// The flag of the service's [`Wakeup`].
-    woken: Arc<AtomicBool>,
     /// When a graceful shutdown gives up waiting for clients.
     shutdown_by: Option<Instant>,
     /// The serial number for the next connection.
@@ -337,8 +262,10 @@ pub struct Server<S> {
     /// connection, so the listener does not stay ready forever and the loop
     /// does not spin.
     spare_fd: Option<File>,
-    /// Connections that spent their read budget and still have input.
-    backlog: Vec<usize>,
+    /// Connections that spent their read budget and may still have input:
+    /// read again after the turn's events (and in the next turn, if the
+    /// budget runs out again), since no new readiness event comes for it.
+    unfinished_reads: Vec<usize>,
     /// What this turn will write.
     round: Round,
     /// The connections being settled in this round (kept for its allocation).
@@ -348,6 +275,9 @@ pub struct Server<S> {
     /// Where every connection's input is read and parsed, one at a time, so
     /// that an idle connection holds no read buffer of its own.
     read_buffer: ReadBuffer,
+    /// The flag of the service's [`Wakeup`]: set by another thread before
+    /// it wakes the loop.
+    woken: Arc<AtomicBool>,
     /// The TLS settings for new connections (none: plain TCP).
     tls: Tls,
     /// What the loop counts for `GET /metrics`.
@@ -364,16 +294,13 @@ impl<S: Service> Server<S> {
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let woken = Arc::new(AtomicBool::new(false));
-        service.attach(Wakeup {
-            pending: Arc::clone(&woken),
-            waker: Arc::clone(&waker),
-        });
+        service.attach(Wakeup::new(Arc::clone(&woken), Arc::clone(&waker)));
         let tls = Tls::new(config.tls.clone());
         Ok(Server {
             poll,
             listener: Some(listener),
             local_addr,
-            conns: Slab::new(),
+            slots: Slab::new(),
             timers: Timers::default(),
             service,
             config,
@@ -381,16 +308,16 @@ impl<S: Service> Server<S> {
                 requested: Arc::new(AtomicBool::new(false)),
                 waker,
             },
-            woken,
             shutdown_by: None,
             next_serial: 0,
             per_ip: HashMap::new(),
             spare_fd: File::open("/dev/null").ok(),
-            backlog: Vec::new(),
+            unfinished_reads: Vec::new(),
             round: Round::default(),
             settling: Vec::new(),
             last_trim: Instant::now(),
             read_buffer: ReadBuffer::default(),
+            woken,
             tls,
             metrics: LoopMetrics::default(),
         })
@@ -415,72 +342,77 @@ impl<S: Service> Server<S> {
     /// (or [`CLOSE_LINGER`] has passed).
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
-        loop {
-            let timeout = self.poll_timeout();
-            if let Err(err) = self.poll.poll(&mut events, timeout) {
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(err);
+        while !self.turn(&mut events, None)? {}
+        log::info!("server stopped");
+        Ok(())
+    }
+
+    /// One turn of the loop (see the module docs); `poll` sleeps at most
+    /// `max_wait` on top of its own deadlines (tests turn the loop one step
+    /// at a time). Returns whether the server has stopped.
+    pub fn turn(&mut self, events: &mut Events, max_wait: Option<Duration>) -> io::Result<bool> {
+        let timeout = match (self.poll_timeout(), max_wait) {
+            (Some(own), Some(max)) => Some(own.min(max)),
+            (own, max) => own.or(max),
+        };
+        if let Err(err) = self.poll.poll(events, timeout) {
+            if err.kind() == io::ErrorKind::Interrupted {
+                return Ok(false);
             }
-            let now = Instant::now();
-            if events.is_empty() {
-                self.give_back_memory(now);
-            }
-            for event in events.iter() {
-                match event.token() {
-                    LISTENER => self.accept(now),
-                    WAKER => {
-                        self.tls.take_reloaded();
-                        if self.shutdown.requested.load(Ordering::SeqCst) {
-                            self.begin_shutdown(now);
-                        }
-                        if self.woken.swap(false, Ordering::SeqCst) {
-                            let mut out = self.round.outbox(
-                                &mut self.conns,
-                                now,
-                                self.config.max_outbound_bytes,
-                            );
-                            self.service.woken(&mut out);
-                        }
+            return Err(err);
+        }
+        let now = Instant::now();
+        if events.is_empty() {
+            self.give_back_memory(now);
+        }
+        for event in events.iter() {
+            match event.token() {
+                LISTENER => self.accept(now),
+                WAKER => {
+                    // mio allows one waker per `Poll`: shutdown, TLS
+                    // reloads and the service's wakeups share it, and each
+                    // sets its own flag before waking.
+                    self.tls.take_reloaded();
+                    if self.shutdown.requested.load(Ordering::SeqCst) {
+                        self.begin_shutdown(now);
                     }
-                    Token(key) => {
-                        // Readable, or hung up, or an error: reading finds
-                        // out which. A spurious event just reads WouldBlock.
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.read(key, now);
-                        }
-                        if event.is_writable() {
-                            if let Some(conn) = self.conns.get_mut(key) {
-                                touch(&mut self.round.touched, key, conn);
-                            }
-                        }
+                    if self.woken.swap(false, Ordering::SeqCst) {
+                        let mut out =
+                            Outbox::new(&mut self.slots, &mut self.round, &self.config, now);
+                        self.service.woken(&mut out);
                     }
                 }
-            }
-            for key in std::mem::take(&mut self.backlog) {
-                self.read(key, now);
-            }
-            self.fire_deadlines(now);
-            let mut out = self
-                .round
-                .outbox(&mut self.conns, now, self.config.max_outbound_bytes);
-            self.service.end_of_turn(&mut out);
-            self.settle(now)?;
-            self.metrics.turn(events.iter().count(), now.elapsed());
-            if let Some(deadline) = self.shutdown_by {
-                if self.conns.is_empty() || now >= deadline {
-                    log::info!("server stopped");
-                    return Ok(());
+                Token(key) => {
+                    // Readable, or hung up, or an error: reading finds
+                    // out which. A spurious event just reads WouldBlock.
+                    if event.is_readable() || event.is_read_closed() || event.is_error() {
+                        self.read(key, now);
+                    }
+                    if event.is_writable() {
+                        if let Some(slot) = self.slots.get_mut(key) {
+                            slot.touch(key, &mut self.round.touched);
+                        }
+                    }
                 }
             }
         }
+        for key in std::mem::take(&mut self.unfinished_reads) {
+            self.read(key, now);
+        }
+        self.fire_deadlines(now);
+        let mut out = Outbox::new(&mut self.slots, &mut self.round, &self.config, now);
+        self.service.end_of_turn(&mut out);
+        self.settle(now)?;
+        self.metrics.turn(events.iter().count(), now.elapsed());
+        Ok(self
+            .shutdown_by
+            .is_some_and(|deadline| self.slots.is_empty() || now >= deadline))
     }
 
     /// Hands the heap memory freed since the last call back to the system,
     /// at most every [`TRIM_INTERVAL`], when a `poll` found no I/O. glibc
     /// keeps freed memory for reuse, and what a join storm or a burst of
-    /// slow readers lends (backlogs, welcomes, the batch) is freed in
+    /// slow readers lends (carried-over output, welcomes, the batch) is freed in
     /// scattered pieces it would otherwise hold on to for good: at 19 000
     /// clients that was most of the server's RSS.
     fn give_back_memory(&mut self, now: Instant) {
@@ -496,10 +428,10 @@ impl<S: Service> Server<S> {
         }
     }
 
-    /// How long `poll` may sleep: not at all while the backlog has work,
+    /// How long `poll` may sleep: not at all while reads are unfinished,
     /// else until the next deadline.
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.backlog.is_empty() {
+        if !self.unfinished_reads.is_empty() {
             return Some(Duration::ZERO);
         }
         let next = [self.timers.next_deadline(), self.shutdown_by]
@@ -561,7 +493,7 @@ impl<S: Service> Server<S> {
 
     fn add_connection(&mut self, stream: TcpStream, peer: SocketAddr, now: Instant) {
         self.metrics.accepted();
-        if self.conns.len() >= self.config.max_connections {
+        if self.slots.len() >= self.config.max_connections {
             self.metrics.refused();
             log::warn!(
                 "{peer}: refused, {} connections is the limit",
@@ -580,8 +512,6 @@ impl<S: Service> Server<S> {
             self.metrics.refused();
             return;
         }
-        // Chat frames are small and we coalesce writes ourselves: Nagle's
-        // algorithm would only add latency.
         let mut stream = match self.tls.wrap(stream) {
             Ok(stream) => stream,
             Err(err) => {
@@ -589,10 +519,12 @@ impl<S: Service> Server<S> {
                 return;
             }
         };
+        // Chat frames are small and we coalesce writes ourselves: Nagle's
+        // algorithm would only add latency.
         if let Err(err) = stream.tcp().set_nodelay(true) {
             log::debug!("{peer}: set_nodelay failed: {err}");
         }
-        let entry = self.conns.vacant_entry();
+        let entry = self.slots.vacant_entry();
         let key = entry.key();
         if let Err(err) = self
             .poll
@@ -605,73 +537,57 @@ impl<S: Service> Server<S> {
         *self.per_ip.entry(peer.ip()).or_default() += 1;
         self.next_serial += 1;
         log::debug!("{peer}: connected");
-        let conn = entry.insert(Connection::new(stream, peer, self.next_serial, now));
-        touch(&mut self.round.touched, key, conn);
+        let slot = entry.insert(Slot {
+            conn: Connection::new(stream, peer, self.next_serial, now),
+            armed: None,
+            write_interest: false,
+            touched: false,
+        });
+        slot.touch(key, &mut self.round.touched);
     }
 
-    /// Reads from one connection until it would block or its budget is spent.
+    /// Reads from one connection until it would block or its budget is
+    /// spent; in that case it goes on the list of unfinished reads.
     fn read(&mut self, key: usize, now: Instant) {
-        let drained = self.read_some(key, now);
-        if let Some(conn) = self.conns.get_mut(key) {
-            // Whatever stopped the reading, what is left of this
-            // connection's input must leave the shared buffer.
-            conn.save_leftover(&mut self.read_buffer);
-            if !drained {
-                self.backlog.push(key);
-            }
+        if !self.slots.contains(key) {
+            // A readiness event or an unfinished read for a slot freed
+            // since: nothing to read.
+            return;
         }
-    }
-
-    /// Reads up to the budget; returns whether the connection has nothing
-    /// more to read for now.
-    fn read_some(&mut self, key: usize, now: Instant) -> bool {
-        for _ in 0..READ_BUDGET {
-            let Some(conn) = self.conns.get_mut(key) else {
-                return true;
-            };
-            touch(&mut self.round.touched, key, conn);
-            let input = conn.poll_input(now, &self.config, &mut self.read_buffer);
-            let peer = conn.peer;
-            let mut out = self
-                .round
-                .outbox(&mut self.conns, now, self.config.max_outbound_bytes);
-            match input {
-                Input::Drained | Input::Finished => return true,
-                Input::Control => {}
-                Input::Opened => self.service.opened(key, peer, &mut out),
-                Input::Text(text) => self.service.text(key, text, &mut out),
-                Input::Binary(data) => self.service.binary(key, data, &mut out),
-                Input::HttpGet(path) => {
-                    let response = if path == metrics::PATH {
-                        let open = self.conns.iter().map(|(_, conn)| conn);
-                        self.metrics.response(open, self.service.metrics())
-                    } else {
-                        self.service.http_get(&path)
-                    };
-                    self.conns[key].respond(&response, now);
-                }
-            }
+        let mut host = LoopReader {
+            key,
+            slots: &mut self.slots,
+            round: &mut self.round,
+            service: &mut self.service,
+            config: &self.config,
+            now,
+            metrics: &self.metrics,
+        };
+        if !read_turn(&mut host, now, &self.config, &mut self.read_buffer) {
+            self.unfinished_reads.push(key);
         }
-        false
     }
 
     /// Handles every deadline that has come due.
     fn fire_deadlines(&mut self, now: Instant) {
         while let Some(expired) = self.timers.pop_due(now) {
-            let Some(conn) = self.conns.get_mut(expired.key) else {
+            let key = expired.key;
+            let Some(slot) = self.slots.get_mut(key) else {
                 continue;
             };
             // A stale entry: the connection was replaced, or re-armed earlier.
-            if conn.serial != expired.serial || conn.armed != Some(expired.at) {
+            if slot.conn.serial() != expired.serial || slot.armed != Some(expired.at) {
                 continue;
             }
-            conn.armed = None;
-            // A deadline may close the connection: what was broadcast
-            // before goes out first.
-            let max_outbound = self.config.max_outbound_bytes;
-            conn.catch_up(expired.key, &self.round.broadcasts, max_outbound, now);
-            conn.on_deadline(now, &self.config);
-            touch(&mut self.round.touched, expired.key, conn);
+            slot.armed = None;
+            let Some((conn, turn)) = self.round.reach(&mut self.slots, key, &self.config, now)
+            else {
+                continue;
+            };
+            if conn.on_deadline(&turn) {
+                let mut out = Outbox::new(&mut self.slots, &mut self.round, &self.config, now);
+                self.service.timer(key, &mut out);
+            }
         }
     }
 
@@ -685,8 +601,9 @@ impl<S: Service> Server<S> {
             let mut next = 0;
             while let Some(&key) = self.round.touched.get(next) {
                 next += 1;
-                if self.conns[key].take_goodbye() {
-                    self.say_goodbye(key, now);
+                if self.slots[key].conn.take_goodbye() {
+                    let mut out = Outbox::new(&mut self.slots, &mut self.round, &self.config, now);
+                    self.service.closed(key, &mut out);
                 }
             }
             self.deliver_broadcasts(now);
@@ -698,13 +615,13 @@ impl<S: Service> Server<S> {
             let mut round =
                 std::mem::replace(&mut self.round.touched, std::mem::take(&mut self.settling));
             for &key in &round {
-                let conn = &mut self.conns[key];
-                conn.touched = false;
-                conn.flush(self.round.batch.bytes());
-                if conn.has_goodbye_pending() {
+                let slot = &mut self.slots[key];
+                slot.touched = false;
+                slot.conn.flush(self.round.batch.bytes());
+                if slot.conn.has_goodbye_pending() {
                     // It failed: the service hears of it next round, and
                     // then it is removed.
-                    touch(&mut self.round.touched, key, conn);
+                    slot.touch(key, &mut self.round.touched);
                     continue;
                 }
                 self.update_registration(key)?;
@@ -721,42 +638,40 @@ impl<S: Service> Server<S> {
         if self.round.broadcasts.is_empty() {
             return;
         }
-        let max_outbound = self.config.max_outbound_bytes;
-        for (key, conn) in self.conns.iter_mut() {
-            if conn.catch_up(key, &self.round.broadcasts, max_outbound, now) {
-                touch(&mut self.round.touched, key, conn);
+        let turn = Turn {
+            now,
+            config: &self.config,
+            broadcasts: &self.round.broadcasts,
+        };
+        for (key, slot) in self.slots.iter_mut() {
+            if slot.conn.catch_up(&turn) {
+                slot.touch(key, &mut self.round.touched);
             }
-            conn.end_round();
+            slot.conn.end_round();
         }
         self.round.broadcasts.clear();
-    }
-
-    fn say_goodbye(&mut self, key: usize, now: Instant) {
-        let mut out = self
-            .round
-            .outbox(&mut self.conns, now, self.config.max_outbound_bytes);
-        self.service.closed(key, &mut out);
     }
 
     /// After a connection's output was flushed: removes it if finished, else
     /// keeps WRITABLE interest only while output waits and arms its deadline.
     fn update_registration(&mut self, key: usize) -> io::Result<()> {
-        let conn = &mut self.conns[key];
-        if conn.phase.is_closed() {
-            let mut conn = self.conns.remove(key);
-            self.poll.registry().deregister(&mut conn.socket)?;
-            self.metrics.retire(&conn);
-            if let Some(count) = self.per_ip.get_mut(&conn.peer.ip()) {
+        let slot = &mut self.slots[key];
+        if slot.conn.phase().is_closed() {
+            let mut slot = self.slots.remove(key);
+            self.poll.registry().deregister(slot.conn.socket_mut())?;
+            self.metrics.retire(&slot.conn);
+            let ip = slot.conn.peer().ip();
+            if let Some(count) = self.per_ip.get_mut(&ip) {
                 *count -= 1;
                 if *count == 0 {
-                    self.per_ip.remove(&conn.peer.ip());
+                    self.per_ip.remove(&ip);
                 }
             }
-            log::debug!("{}: connection closed", conn.peer);
+            log::debug!("{}: connection closed", slot.conn.peer());
             return Ok(());
         }
-        let want_write = !conn.out.is_empty() || conn.socket.has_pending_output();
-        if want_write != conn.write_interest {
+        let want_write = slot.conn.queued() > 0 || slot.conn.socket().has_pending_output();
+        if want_write != slot.write_interest {
             let interest = if want_write {
                 Interest::READABLE | Interest::WRITABLE
             } else {
@@ -764,13 +679,13 @@ impl<S: Service> Server<S> {
             };
             self.poll
                 .registry()
-                .reregister(&mut conn.socket, Token(key), interest)?;
-            conn.write_interest = want_write;
+                .reregister(slot.conn.socket_mut(), Token(key), interest)?;
+            slot.write_interest = want_write;
         }
-        if let Some(next) = conn.next_deadline(&self.config) {
-            if conn.armed.is_none_or(|armed| next < armed) {
-                self.timers.schedule(next, key, conn.serial);
-                conn.armed = Some(next);
+        if let Some(next) = slot.conn.next_deadline(&self.config) {
+            if slot.armed.is_none_or(|armed| next < armed) {
+                self.timers.schedule(next, key, slot.conn.serial());
+                slot.armed = Some(next);
             }
         }
         Ok(())
@@ -781,19 +696,25 @@ impl<S: Service> Server<S> {
         if self.shutdown_by.is_some() {
             return;
         }
-        log::info!("shutting down: closing {} connections", self.conns.len());
-        // What was broadcast before the request still goes out before 1001.
-        self.deliver_broadcasts(now);
+        log::info!("shutting down: closing {} connections", self.slots.len());
         self.listener = None;
         self.shutdown_by = Some(now + CLOSE_LINGER);
-        for (key, conn) in self.conns.iter_mut() {
-            conn.close(CloseCode::Away, "server shutting down", now);
-            touch(&mut self.round.touched, key, conn);
+        // What was broadcast before the request still goes out before 1001:
+        // the turn makes each connection take it first.
+        let turn = Turn {
+            now,
+            config: &self.config,
+            broadcasts: &self.round.broadcasts,
+        };
+        for (key, slot) in self.slots.iter_mut() {
+            slot.conn
+                .close(CloseCode::Away, "server shutting down", &turn);
+            slot.touch(key, &mut self.round.touched);
         }
     }
 }
 
-/// A non-blocking listening socket with our backlog (mio's `bind` picks
+/// A non-blocking listening socket with our listen queue length (mio's `bind` picks
 /// its own) and `SO_REUSEADDR`, so a restarted server can bind while old
 /// connections linger in TIME_WAIT.
 fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -815,74 +736,160 @@ fn is_out_of_descriptors(err: &io::Error) -> bool {
     matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
-/// A server running on its own thread, for tests, benchmarks and embedding.
-#[derive(Debug)]
-pub struct ServerHandle {
-    /// Where it listens.
-    addr: SocketAddr,
-    /// Stops it.
-    shutdown: Shutdown,
-    /// The loop's thread; `None` once joined.
-    thread: Option<std::thread::JoinHandle<io::Result<()>>>,
-}
+#[cfg(test)]
+mod tests {
+    //! The loop driven one turn at a time over real loopback sockets.
 
-impl ServerHandle {
-    /// Binds `service` per `config` and runs it on a new thread.
-    ///
-    /// The server is bound on the thread that runs it; the address (or the
-    /// error from binding) and the shutdown handle are sent back before
-    /// the loop starts.
-    pub fn spawn<S: Service + Send + 'static>(config: LoopConfig, service: S) -> io::Result<Self> {
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("mioserver".into())
-            .spawn(move || {
-                let server = Server::bind(config, service);
-                let server = match server {
-                    Ok(server) => {
-                        let _ = ready_tx.send(Ok((server.local_addr(), server.shutdown_handle())));
-                        server
-                    }
-                    Err(err) => {
-                        let _ = ready_tx.send(Err(err));
-                        return Ok(());
-                    }
-                };
-                server.run()
-            })?;
-        let (addr, shutdown) = ready_rx
-            .recv()
-            .map_err(|_| io::Error::other("the server thread died while starting"))??;
-        Ok(ServerHandle {
-            addr,
-            shutdown,
-            thread: Some(thread),
-        })
+    use std::io::{ErrorKind, Read, Write};
+    use std::net::TcpStream as StdStream;
+
+    use super::*;
+    use crate::evloop::connection::READ_BUDGET;
+    use crate::evloop::http;
+    use crate::evloop::service::ConnId;
+    use crate::evloop::testing::{client_frame, UPGRADE};
+
+    /// A message larger than the kernel's socket buffers on both sides of a
+    /// loopback connection (a few MiB each at most), so that writing it
+    /// takes several turns when the client reads late.
+    const BIG: usize = 32 << 20;
+
+    /// A service that records what it is told, and answers "big" with a
+    /// message of [`BIG`] bytes.
+    #[derive(Default)]
+    struct Recorder {
+        /// How many connections opened.
+        opened: usize,
+        /// Every text, in order.
+        texts: Vec<String>,
+        /// Every binary message's length, in order.
+        binaries: Vec<usize>,
     }
 
-    /// The address the server listens on.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    impl Service for Recorder {
+        fn opened(&mut self, _conn: ConnId, _peer: SocketAddr, _out: &mut Outbox<'_>) {
+            self.opened += 1;
+        }
+
+        fn text(&mut self, conn: ConnId, text: &str, out: &mut Outbox<'_>) {
+            if text == "big" {
+                out.send_binary(conn, &vec![b'b'; BIG]);
+            }
+            self.texts.push(text.to_owned());
+        }
+
+        fn binary(&mut self, _conn: ConnId, data: &[u8], _out: &mut Outbox<'_>) {
+            self.binaries.push(data.len());
+        }
+
+        fn closed(&mut self, _conn: ConnId, _out: &mut Outbox<'_>) {}
+
+        fn http_get(&mut self, _path: &str) -> Vec<u8> {
+            http::response(404, "", "text/plain", b"")
+        }
     }
 
-    /// Shuts the server down gracefully and waits for its thread.
-    pub fn shutdown(mut self) -> io::Result<()> {
-        self.stop()
-    }
-
-    fn stop(&mut self) -> io::Result<()> {
-        let Some(thread) = self.thread.take() else {
-            return Ok(());
+    /// A server on a free loopback port whose output bound lets [`BIG`] wait.
+    fn server() -> Server<Recorder> {
+        let config = LoopConfig {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            max_outbound_bytes: 2 * BIG,
+            ..LoopConfig::default()
         };
-        self.shutdown.request();
-        thread
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("the server thread panicked")))
+        Server::bind(config, Recorder::default()).expect("bind")
     }
-}
 
-impl Drop for ServerHandle {
-    fn drop(&mut self) {
-        let _ = self.stop();
+    /// A client that has sent its upgrade request and then `frames`.
+    fn client(server: &Server<Recorder>, frames: &[Vec<u8>]) -> StdStream {
+        let mut client = StdStream::connect(server.local_addr()).unwrap();
+        client
+            .write_all(&[UPGRADE, &frames.concat()].concat())
+            .unwrap();
+        client
+    }
+
+    /// Turns the loop until `done` holds, for ten seconds at most.
+    fn turn_until(server: &mut Server<Recorder>, mut done: impl FnMut(&Server<Recorder>) -> bool) {
+        let mut events = Events::with_capacity(EVENTS_PER_POLL);
+        let give_up = Instant::now() + Duration::from_secs(10);
+        while !done(server) {
+            assert!(Instant::now() < give_up, "the loop never got there");
+            server
+                .turn(&mut events, Some(Duration::from_millis(10)))
+                .unwrap();
+        }
+    }
+
+    /// The only connection's slot.
+    fn only_slot(server: &Server<Recorder>) -> &Slot {
+        let mut slots = server.slots.iter();
+        let (_, slot) = slots.next().expect("a connection");
+        assert!(slots.next().is_none(), "one connection");
+        slot
+    }
+
+    #[test]
+    fn a_partial_write_keeps_writable_interest_until_the_queue_drains() {
+        let mut server = server();
+        let mut client = client(&server, &[client_frame(0x1, b"big")]);
+        turn_until(&mut server, |server| server.service.texts == ["big"]);
+        // The client has read nothing: the kernel took what it could and
+        // the rest waits, with WRITABLE interest to hear when it may go on.
+        let slot = only_slot(&server);
+        assert!(slot.conn.queued() > 0, "the kernel took it all");
+        assert!(slot.write_interest);
+        // The client reads; each turn writes what the kernel takes.
+        client.set_nonblocking(true).unwrap();
+        let mut received = 0;
+        let mut chunk = vec![0; 1 << 16];
+        turn_until(&mut server, |server| {
+            loop {
+                match client.read(&mut chunk) {
+                    Ok(n) => received += n,
+                    Err(err) if err.kind() == ErrorKind::WouldBlock => break,
+                    Err(err) => panic!("read: {err}"),
+                }
+            }
+            only_slot(server).conn.queued() == 0
+        });
+        // Drained: WRITABLE interest is dropped in the same turn.
+        assert!(!only_slot(&server).write_interest);
+        assert!(received > BIG, "the message and the 101 before it");
+    }
+
+    #[test]
+    fn a_connection_that_spends_its_read_budget_is_read_again_next_turn() {
+        let mut server = server();
+        // Two budgets: one for the readiness event, one for the pass over
+        // unfinished reads after every other ready connection was read.
+        let total = 2 * READ_BUDGET + 8;
+        let frames: Vec<Vec<u8>> = (0..total)
+            .map(|i| client_frame(0x1, i.to_string().as_bytes()))
+            .collect();
+        let _client = client(&server, &frames);
+        turn_until(&mut server, |server| server.service.opened == 1);
+        // `Opened` took one input of the budget, the texts the rest.
+        assert_eq!(server.service.texts.len(), 2 * READ_BUDGET - 1);
+        let key = server.slots.iter().next().unwrap().0;
+        assert_eq!(server.unfinished_reads, [key]);
+        assert_eq!(server.poll_timeout(), Some(Duration::ZERO), "no sleeping");
+        // The next turn reads the rest though no new readiness came.
+        let mut events = Events::with_capacity(EVENTS_PER_POLL);
+        server.turn(&mut events, None).unwrap();
+        let expected: Vec<String> = (0..total).map(|i| i.to_string()).collect();
+        assert_eq!(server.service.texts, expected);
+        assert!(server.unfinished_reads.is_empty());
+    }
+
+    #[test]
+    fn a_binary_message_is_the_services_to_judge() {
+        let mut server = server();
+        let _client = client(&server, &[client_frame(0x2, &[1, 2, 3])]);
+        turn_until(&mut server, |server| !server.service.binaries.is_empty());
+        assert_eq!(server.service.binaries, [3]);
+        assert!(
+            only_slot(&server).conn.phase().is_open(),
+            "the loop closes nothing"
+        );
     }
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::chat::store::{Commit, Duplicate, RoomName, Store, StoreError};
-use crate::evloop::server::Wakeup;
+use crate::evloop::service::Wakeup;
 use crate::proto::protocol::ChatMessage;
 
 /// Names one job; the loop hands them out in increasing order, one by one.
