@@ -26,6 +26,10 @@ struct Args {
     /// Where to keep the line history [default: the user's data directory].
     #[arg(long, value_name = "FILE")]
     history_file: Option<PathBuf>,
+    /// Also keep the DMs you type in the line history (left out by default:
+    /// the file is plain text).
+    #[arg(long)]
+    save_dms: bool,
 }
 
 fn main() -> ExitCode {
@@ -35,5 +39,6 @@ fn main() -> ExitCode {
         name: args.name,
         no_color: args.no_color,
         history_file: args.history_file,
+        save_dms: args.save_dms,
     })
 }

@@ -246,8 +246,10 @@ impl Chat {
         }
         match plain::interpret(joined, text) {
             Line::Request(request) => Some(request),
-            Line::Reply(reply) => {
-                out.send_text(conn, &reply);
+            Line::Reply(lines) => {
+                for line in lines {
+                    out.send_text(conn, &line);
+                }
                 None
             }
             Line::Quit => {

@@ -10,6 +10,14 @@
 //! client is not joined (connecting, choosing a name, reconnecting) and
 //! while the pace holds them back, so the server's rate limit never
 //! refuses a pasted or piped burst.
+//!
+//! Every `say` and `dm` carries a `cid`, a random id of 128 bits, and stays
+//! in [`Coordinator::unacked`] until the server acknowledges it: with its
+//! echo (a `message` or `dm` with that `cid`, live or in a resume's
+//! history) or with an `error` naming it. After a reconnect the client
+//! resumes with `since` and `epoch` and sends the unacknowledged ones again
+//! with the same `cid`; the server posts a `cid` at most once, so a line
+//! typed once is posted exactly once.
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
@@ -22,12 +30,13 @@ use rustyline::ExternalPrinter;
 
 use super::complete::Roster;
 use super::connection::NetEvent;
-use super::input::{Input, NAME_QUESTION};
+use super::input::{Input, KEYS_HELP, NAME_QUESTION};
 use super::render::Renderer;
 use super::shortcode;
-use crate::proto::command::{self, Command, HELP};
-use crate::proto::protocol::Request;
-use crate::proto::protocol::{name_key, validate_name, ErrorCode, ServerMessage};
+use crate::proto::command::{self, Command, Outcome, HELP};
+use crate::proto::protocol::{
+    name_key, validate_name, ChatMessage, Cid, ErrorCode, Request, ServerMessage,
+};
 use crate::proto::rate_limit::TokenBucket;
 
 /// Requests per second the client sends at most: a fifth below the
@@ -48,6 +57,17 @@ const PACE_RETRY: Duration = Duration::from_millis(125);
 /// politely; it gives up on the server after one second itself.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How often, at most, a failed reconnection attempt is reported after the
+/// first: a status line a minute says "still trying" without burying the
+/// conversation under one line per attempt.
+const OUTAGE_REPORT_EVERY: Duration = Duration::from_secs(60);
+
+/// How long a piped client whose input has ended keeps trying to reach the
+/// server to deliver what is still unacknowledged. A restart takes seconds
+/// and the retries back off to one every 30 s, so two minutes is several
+/// attempts; a script must not hang forever on a server that is gone.
+const PIPED_PATIENCE: Duration = Duration::from_secs(120);
+
 /// Everything that can happen to the client.
 #[derive(Debug)]
 pub enum Event {
@@ -57,6 +77,20 @@ pub enum Event {
     Net(NetEvent),
     /// The pace allows sending what is queued again.
     Paced,
+    /// A piped client has waited [`PIPED_PATIENCE`] for the server.
+    Patience,
+}
+
+/// A time when the connection is down.
+#[derive(Debug, Clone, Copy)]
+struct Outage {
+    /// When the connection was lost, for the give-up rule of piped use.
+    since: Instant,
+    /// When a failed attempt was last reported, so that they are reported
+    /// once a minute at most; `None` until the first one.
+    reported: Option<Instant>,
+    /// Failed attempts so far, for the status line.
+    attempts: u32,
 }
 
 /// The client's state and main loop.
@@ -86,25 +120,41 @@ pub struct Coordinator {
     /// Whether any connection was welcomed: the next welcome is then a
     /// reconnection, which resumes with `since`.
     welcomed_before: bool,
-    /// The id of the latest public message shown. The latest, not the
-    /// largest: a server restarted without its history numbers from 1
-    /// again, and `since` must follow it.
+    /// The history the ids below belong to (the last `welcome`'s `epoch`):
+    /// a resume names it, so that a server that lost its history does not
+    /// take our `since` for one of its own ids.
+    epoch: Option<String>,
+    /// The largest id of a public message shown in this epoch: the `since`
+    /// of the next resume.
     last_id: Option<u64>,
+    /// The smallest id of a public message shown in this epoch: the
+    /// `before` of `/history`.
+    oldest_id: Option<u64>,
     /// Requests not sent yet, oldest first: typed while not joined (they
-    /// go after the next welcome), or held back by the pace.
+    /// go after the next welcome), held back by the pace, or to be sent
+    /// again after a reconnect.
     queued: VecDeque<Request>,
     /// Keeps requests under the server's rate limit; fresh for each
     /// connection, like the server's own bucket.
     pace: TokenBucket,
     /// Fires when paced requests may go; `never()` when none wait.
     pace_timer: Receiver<Instant>,
-    /// Requests sent on this connection and not yet answered (by their
-    /// echo, the `users` list, the `renamed` notice, or an error). The
-    /// server answers every request, in order.
+    /// The `say`s and `dm`s sent and not yet acknowledged, oldest first,
+    /// with their `cid`. They survive a lost connection: the next welcome
+    /// sends them again.
+    unacked: VecDeque<(Cid, Request)>,
+    /// Requests without a `cid` (`who`, `nick`, `history`) sent on this
+    /// connection and not yet answered (by `users`, `renamed`, `history` or
+    /// an error without a `cid`).
     unanswered: usize,
     /// Lines that were refused, never sent, or lost with a connection; a
     /// piped run with any exits non-zero.
     failed: usize,
+    /// Set while the connection is down.
+    outage: Option<Outage>,
+    /// Fires when a piped client has waited long enough for the server;
+    /// `never()` otherwise.
+    patience_timer: Receiver<Instant>,
     /// Whether the input has ended (Ctrl-D, end of the pipe, `/quit`).
     input_done: bool,
 }
@@ -132,12 +182,17 @@ impl Coordinator {
             name: Some(name),
             joined: false,
             welcomed_before: false,
+            epoch: None,
             last_id: None,
+            oldest_id: None,
             queued: VecDeque::new(),
             pace: TokenBucket::new(PACE_RATE, PACE_BURST, Instant::now()),
             pace_timer: crossbeam_channel::never(),
+            unacked: VecDeque::new(),
             unanswered: 0,
             failed: 0,
+            outage: None,
+            patience_timer: crossbeam_channel::never(),
             input_done: false,
         }
     }
@@ -163,6 +218,7 @@ impl Coordinator {
                 NetEvent::Unreachable("the connection thread stopped".to_owned())
             })),
             recv(self.pace_timer) -> _ => Event::Paced,
+            recv(self.patience_timer) -> _ => Event::Patience,
         }
     }
 
@@ -188,40 +244,36 @@ impl Coordinator {
                 self.send_queued();
                 ControlFlow::Continue(())
             }
+            Event::Patience => {
+                self.patience_timer = crossbeam_channel::never();
+                self.finish_if_done()
+            }
         }
     }
 
     /// The user typed `line`: a name when one is wanted (unless it is
     /// `/quit`), else a message or a command.
     fn typed(&mut self, line: &str) -> ControlFlow<ExitCode> {
-        if self.name.is_none() && command::parse(line) != Some(Command::Quit) {
+        let command = command::parse(line);
+        if self.name.is_none() && command != Some(Command::Quit) {
             self.named(line.trim());
             return ControlFlow::Continue(());
         }
-        let request = match command::parse(line) {
-            None => return ControlFlow::Continue(()),
-            Some(Command::Say(text)) => Request::Say {
-                text: shortcode::expand(&text).into_owned(),
-                cid: None,
-            },
-            Some(Command::Dm { to, text }) => Request::Dm {
-                to,
-                text: shortcode::expand(&text).into_owned(),
-                cid: None,
-            },
-            Some(Command::Who) => Request::Who,
-            Some(Command::Nick(name)) => Request::Nick { name },
-            Some(Command::Help) => {
-                self.show(HELP.lines().map(str::to_owned).collect());
-                return ControlFlow::Continue(());
-            }
-            Some(Command::Quit) => return self.input_ended(),
-            Some(Command::Usage(usage)) => return self.not_sent(usage),
-            Some(Command::Unknown(word)) => {
-                return self.not_sent(&format!("unknown command {word} (/help lists them)"));
-            }
+        let Some(command) = command else {
+            return ControlFlow::Continue(());
         };
-        self.send(request);
+        let command = command.map_text(|text| shortcode::expand(text).into_owned());
+        match command.into_outcome(Some(new_cid()), self.oldest_id) {
+            Outcome::Send(request) => self.send(request),
+            Outcome::Help => self.show(
+                HELP.lines()
+                    .chain(KEYS_HELP.lines())
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+            Outcome::Quit => return self.input_ended(),
+            Outcome::Refused(why) => return self.not_sent(&why),
+        }
         ControlFlow::Continue(())
     }
 
@@ -269,27 +321,30 @@ impl Coordinator {
                 // `Down` is on its way, and the next welcome sends the rest.
                 return;
             }
-            self.queued.pop_front();
-            self.unanswered += 1;
+            let request = self.queued.pop_front().expect("the front was just read");
+            match cid_of(&request) {
+                Some(cid) => self.unacked.push_back((cid.clone(), request)),
+                None => self.unanswered += 1,
+            }
         }
     }
 
     /// Joins, once there is both a connection and a name. A rejoin asks
-    /// for the public messages after the last one shown, so none is missed
-    /// or shown twice.
+    /// for the public messages after the last one shown, in the history
+    /// they belong to, so none is missed or shown twice.
     fn join(&mut self) {
         let (Some(conn), Some(name)) = (&self.conn, &self.name) else {
             return;
         };
-        let since = if self.welcomed_before {
-            Some(self.last_id.unwrap_or(0))
+        let (since, epoch) = if self.welcomed_before {
+            (Some(self.last_id.unwrap_or(0)), self.epoch.clone())
         } else {
-            None
+            (None, None)
         };
         let join = Request::Join {
             name: name.clone(),
             since,
-            epoch: None,
+            epoch,
         };
         // A closed channel means the connection is gone; `Down` follows.
         let _ = conn.send(join.to_json());
@@ -309,8 +364,14 @@ impl Coordinator {
                 return self.refused(*code, message);
             }
         }
-        if matches!(message, ServerMessage::Welcome { .. }) && self.welcomed_before {
-            self.show(vec![self.renderer.notice("reconnected")]);
+        if let ServerMessage::Welcome {
+            history, recovered, ..
+        } = &message
+        {
+            if self.welcomed_before {
+                let notice = reconnected(*recovered, history.len());
+                self.show(vec![self.renderer.notice(&notice)]);
+            }
         }
         let lines = self.renderer.server_message(&message, &me);
         self.show(lines);
@@ -320,31 +381,35 @@ impl Coordinator {
                 name,
                 users,
                 history,
+                epoch,
                 ..
             } => {
                 self.joined = true;
                 self.welcomed_before = true;
                 self.name = Some(name);
                 self.roster.set(&users.names());
-                if let Some(last) = history.last() {
-                    self.last_id = Some(last.id);
+                if self.epoch.as_ref() != Some(&epoch) {
+                    // Ids of another history mean nothing in this one.
+                    self.last_id = None;
+                    self.oldest_id = None;
+                    self.epoch = Some(epoch);
                 }
-                self.send_queued();
+                for message in &history {
+                    self.seen(message);
+                }
+                self.back_online();
             }
-            ServerMessage::Message(message) => {
-                self.last_id = Some(message.id);
-                if is_me(&message.from) {
-                    self.answered();
-                }
-            }
-            ServerMessage::Dm { from, .. } => {
-                if is_me(&from) {
-                    self.answered();
-                }
+            ServerMessage::Message(message) => self.seen(&message),
+            ServerMessage::Dm { cid, .. } => {
+                self.acknowledged(cid.as_ref());
             }
             ServerMessage::Joined { name, .. } => self.roster.add(&name),
-            // Older messages change nothing of the session: they are only shown.
-            ServerMessage::History { .. } => {}
+            ServerMessage::History { messages } => {
+                if let Some(first) = messages.first() {
+                    self.oldest_id = Some(self.oldest_id.map_or(first.id, |id| id.min(first.id)));
+                }
+                self.answered();
+            }
             ServerMessage::Left { name, .. } => self.roster.remove(&name),
             ServerMessage::Renamed { from, to, .. } => {
                 self.roster.rename(&from, &to);
@@ -357,12 +422,60 @@ impl Coordinator {
                 self.roster.set(&users.names());
                 self.answered();
             }
-            ServerMessage::Error { .. } => {
+            ServerMessage::Error { cid, .. } => {
                 self.failed += 1;
-                self.answered();
+                if !self.acknowledged(cid.as_ref()) {
+                    self.answered_by_error();
+                }
             }
         }
         self.finish_if_done()
+    }
+
+    /// A public message was shown, live or from a history: it moves the
+    /// bounds of what was seen, and acknowledges our own.
+    fn seen(&mut self, message: &ChatMessage) {
+        self.last_id = Some(self.last_id.map_or(message.id, |id| id.max(message.id)));
+        self.oldest_id = Some(self.oldest_id.map_or(message.id, |id| id.min(message.id)));
+        self.acknowledged(message.cid.as_ref());
+    }
+
+    /// The server answered the request sent with `cid`, if it is one of
+    /// ours that waits; whether it was.
+    fn acknowledged(&mut self, cid: Option<&Cid>) -> bool {
+        let Some(cid) = cid else {
+            return false;
+        };
+        match self.unacked.iter().position(|(sent, _)| sent == cid) {
+            Some(at) => {
+                self.unacked.remove(at);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// An error without a `cid`. It answers a request without one when any
+    /// waits; else the oldest `say` or `dm` (the server refuses a request
+    /// it cannot read, or one over the rate limit, before seeing its
+    /// `cid`), which is not sent again.
+    fn answered_by_error(&mut self) {
+        if self.unanswered > 0 {
+            self.unanswered -= 1;
+        } else {
+            self.unacked.pop_front();
+        }
+    }
+
+    /// Welcomed after a connection: the outage is over, and what was sent
+    /// but not acknowledged goes again, first and with the same `cid`s.
+    fn back_online(&mut self) {
+        self.outage = None;
+        self.patience_timer = crossbeam_channel::never();
+        while let Some((_, request)) = self.unacked.pop_back() {
+            self.queued.push_front(request);
+        }
+        self.send_queued();
     }
 
     /// The server refused our `join`. On a terminal, ask for another name;
@@ -379,25 +492,56 @@ impl Coordinator {
         }
     }
 
-    /// A request got its answer.
+    /// A request without a `cid` got its answer.
     fn answered(&mut self) {
         self.unanswered = self.unanswered.saturating_sub(1);
     }
 
-    /// The connection is down (or could not be made again).
+    /// The connection is down (or could not be made again). The first
+    /// failure to reconnect is shown, then one status line a minute.
     fn down(&mut self, reason: &str, retry_in: Duration) -> ControlFlow<ExitCode> {
-        self.conn = None;
-        self.joined = false;
+        let now = Instant::now();
         let seconds = retry_in.as_secs_f64();
-        self.show_alert(&format!("{reason}; reconnecting in {seconds:.1} s"));
+        let was_connected = self.conn.take().is_some();
+        self.joined = false;
+        let outage = self.outage.get_or_insert(Outage {
+            since: now,
+            reported: None,
+            attempts: 0,
+        });
+        let report = if was_connected {
+            Some(format!("{reason}; reconnecting in {seconds:.1} s"))
+        } else {
+            outage.attempts += 1;
+            match outage.reported {
+                None => Some(format!("{reason}; still trying")),
+                Some(at) if now.duration_since(at) >= OUTAGE_REPORT_EVERY => {
+                    let minutes = now.duration_since(outage.since).as_secs() / 60;
+                    Some(format!(
+                        "still cannot connect after {minutes} min ({} attempts); next try in {seconds:.1} s",
+                        outage.attempts
+                    ))
+                }
+                Some(_) => None,
+            }
+        };
+        if !was_connected && report.is_some() {
+            outage.reported = Some(now);
+        }
+        let since = outage.since;
+        if let Some(report) = report {
+            self.show_alert(&report);
+        }
         if self.unanswered > 0 {
-            // They may have arrived or not; resending could show them
-            // twice, so the user is told instead.
+            // Commands are not resent: the answer to a `who` or a `nick`
+            // from before the outage would mean little after it.
             let lost = std::mem::take(&mut self.unanswered);
             self.failed += lost;
-            self.show_alert(&format!(
-                "{lost} line(s) sent just before may not have been delivered"
-            ));
+            self.show_alert(&format!("{lost} command(s) sent just before got no answer"));
+        }
+        if !self.interactive {
+            let left = PIPED_PATIENCE.saturating_sub(now.duration_since(since));
+            self.patience_timer = crossbeam_channel::after(left);
         }
         self.finish_if_done()
     }
@@ -414,21 +558,28 @@ impl Coordinator {
     }
 
     /// Ends a piped run once input is over and nothing is outstanding: no
-    /// request unanswered, and no join either, so that a refused name is
-    /// never a success. Lines still queued while disconnected are given
-    /// up: waiting for a server that may never return would hang the
-    /// script.
+    /// line unsent or unacknowledged, no command unanswered, and no join
+    /// either, so that a refused name is never a success. While the
+    /// connection is down it waits for the server to come back, for
+    /// [`PIPED_PATIENCE`] at most: then what is left is given up.
     fn finish_if_done(&mut self) -> ControlFlow<ExitCode> {
-        // Connected, a join or paced requests are still to be answered.
-        let busy = self.conn.is_some() && (!self.joined || !self.queued.is_empty());
-        if !self.input_done || self.unanswered > 0 || busy {
+        if !self.input_done {
             return ControlFlow::Continue(());
         }
-        if !self.queued.is_empty() {
-            self.failed += self.queued.len();
+        let joining = self.conn.is_some() && !self.joined;
+        let lines = self.queued.len() + self.unacked.len();
+        if lines > 0 || self.unanswered > 0 || joining {
+            let waited_enough = self.conn.is_none()
+                && self
+                    .outage
+                    .is_some_and(|outage| outage.since.elapsed() >= PIPED_PATIENCE);
+            if !waited_enough {
+                return ControlFlow::Continue(());
+            }
+            self.failed += lines;
             eprintln!(
-                "lineclient: {} line(s) not sent: the connection is down",
-                self.queued.len()
+                "lineclient: {lines} line(s) not delivered: the server did not come back within {} s",
+                PIPED_PATIENCE.as_secs()
             );
         }
         ControlFlow::Break(if self.failed == 0 {
@@ -468,5 +619,35 @@ impl Coordinator {
             // channel closes when the socket thread is done.
             while self.net.recv_deadline(deadline).is_ok() {}
         }
+    }
+}
+
+/// A fresh `cid`: 128 bits from the thread's random generator (a CSPRNG
+/// seeded by the operating system), in hex. Cids are compared across all
+/// users, so they must not collide, and the server answers a repeated DM
+/// `cid` with the DM itself, so they must not be guessable either: a
+/// counter or the time would be both.
+fn new_cid() -> Cid {
+    Cid::new(format!("{:032x}", rand::random::<u128>())).expect("32 hex digits are a valid cid")
+}
+
+/// The `cid` a request carries, if any.
+fn cid_of(request: &Request) -> Option<&Cid> {
+    match request {
+        Request::Say { cid, .. } | Request::Dm { cid, .. } => cid.as_ref(),
+        _ => None,
+    }
+}
+
+/// The notice before a reconnection's welcome: how much was missed, or
+/// that not all of it could be had.
+fn reconnected(recovered: Option<bool>, missed: usize) -> String {
+    match recovered {
+        Some(true) if missed == 1 => "reconnected (missed 1 message)".to_owned(),
+        Some(true) => format!("reconnected (missed {missed} messages)"),
+        Some(false) => format!(
+            "reconnected, but some history could not be recovered: messages sent while you were away may be missing (showing the last {missed})"
+        ),
+        None => "reconnected".to_owned(),
     }
 }

@@ -39,7 +39,8 @@
 //! ! connection lost: ...; reconnecting in 0.4 s
 //! ```
 //!
-//! Control characters in text are shown escaped (`\n`), so an event is
+//! Control characters in text are shown escaped (`\n`, by
+//! `crate::proto::display`, as in plain-text mode), so an event is
 //! always one line and nobody can send escape sequences to your terminal.
 //!
 //! # Piped use
@@ -82,6 +83,8 @@ pub struct Options {
     /// Where the line history is kept; `None` for the default, in the
     /// user's data directory.
     pub history_file: Option<PathBuf>,
+    /// `--save-dms`: keep the DMs one types in the history file too.
+    pub save_dms: bool,
 }
 
 /// Runs the client until the user leaves.
@@ -146,7 +149,7 @@ pub fn run(options: Options) -> ExitCode {
     let (lines, input) = crossbeam_channel::unbounded();
     let printer: Box<dyn ExternalPrinter> = match terminal {
         Some((editor, printer)) => {
-            input::spawn_editor(editor, history_file, lines);
+            input::spawn_editor(editor, history_file, options.save_dms, lines);
             Box::new(printer)
         }
         None => {
