@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// Chat on a miochat server from the terminal.
+/// lineclient, the miochat terminal client: chat on a miochat server.
 ///
 /// On a terminal: type to talk, /help for the commands, Tab to complete
 /// names, Ctrl-D to leave. With standard input piped: one message per

@@ -26,13 +26,30 @@ pub struct ServerConfig {
     pub rate_burst: u32,
 }
 
+/// How many public messages are sent on join: the default N of the
+/// protocol, enough to pick up a conversation in progress.
+pub const DEFAULT_HISTORY: usize = 100;
+
+/// The longest chat text, in characters: the protocol's default, a long
+/// paragraph but not a pasted file.
+pub const DEFAULT_MAX_TEXT_CHARS: usize = 4000;
+
+/// The most messages a resume sends: a few screens of scrollback; a client
+/// that missed more pages back with `history`.
+pub const DEFAULT_MAX_RESUME: usize = 1000;
+
+/// The defaults of the chat's settings, the one place they are written:
+/// `mioserver`'s flags take theirs from here (a test checks its `--help`),
+/// and so does the room's own `RoomConfig`.
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             net: LoopConfig::default(),
-            history: 100,
-            max_text_chars: 4000,
-            max_resume: 1000,
+            history: DEFAULT_HISTORY,
+            max_text_chars: DEFAULT_MAX_TEXT_CHARS,
+            max_resume: DEFAULT_MAX_RESUME,
+            // The protocol's defaults: a person typing never comes near
+            // them, a script must pace itself.
             rate_limit: 10.0,
             rate_burst: 20,
         }

@@ -295,8 +295,18 @@ impl Service for Chat {
         let peer = session.peer;
         let was_joined = self.room.is_joined(conn);
         if let Some(request) = self.understand(conn, text, out) {
+            // A rename is logged like a join or a leave; the old name is
+            // copied only for a `nick`, never on the hot path of a `say`.
+            let renaming = matches!(request, Request::Nick { .. })
+                .then(|| self.room.name(conn).map(str::to_owned))
+                .flatten();
             self.room
                 .handle(conn, request, Timestamp::now(), &mut self.deliveries);
+            if let (Some(old), Some(new)) = (renaming, self.room.name(conn)) {
+                if old != new {
+                    log::info!("{peer} renamed {old} to {new}");
+                }
+            }
         }
         if !was_joined {
             if let Some(name) = self.room.name(conn) {
