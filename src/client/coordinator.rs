@@ -651,3 +651,389 @@ fn reconnected(recovered: Option<bool>, missed: usize) -> String {
         None => "reconnected".to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex, PoisonError};
+
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    /// What the coordinator printed, a line at a time, times replaced by
+    /// `[HH:MM]` (the renderer shows local time).
+    #[derive(Debug, Clone, Default)]
+    struct Screen(Arc<Mutex<Vec<String>>>);
+
+    impl ExternalPrinter for Screen {
+        fn print(&mut self, msg: String) -> rustyline::Result<()> {
+            let mut lines = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            for line in msg.lines() {
+                let timed = line.len() >= 7 && line.as_bytes()[0] == b'[' && &line[6..7] == "]";
+                lines.push(if timed {
+                    format!("[HH:MM]{}", &line[7..])
+                } else {
+                    line.to_owned()
+                });
+            }
+            Ok(())
+        }
+    }
+
+    /// A coordinator wired to channels the test holds, as the threads would
+    /// hold them.
+    struct Harness {
+        coordinator: Coordinator,
+        /// What it printed, not yet looked at.
+        screen: Screen,
+        /// The outgoing frames of the current connection.
+        frames: Receiver<String>,
+        /// Kept so that the coordinator's channels stay open.
+        _input: Sender<Input>,
+        _net: Sender<NetEvent>,
+    }
+
+    /// The epoch of the test server's history.
+    const EPOCH: &str = "e1";
+
+    /// When every test message was sent.
+    const TS: &str = "2026-11-25T08:00:00.000Z";
+
+    impl Harness {
+        /// A client joining as `bot`, piped or on a terminal, not connected.
+        fn new(interactive: bool) -> Harness {
+            let (input_sender, input) = crossbeam_channel::unbounded();
+            let (net_sender, net) = crossbeam_channel::unbounded();
+            let screen = Screen::default();
+            let mut coordinator = Coordinator::new(
+                "bot".into(),
+                interactive,
+                false,
+                input,
+                net,
+                Box::new(screen.clone()),
+                Roster::default(),
+            );
+            // "Today" is the day of the test messages, wherever the test
+            // runs, so that no day line comes between them.
+            let sent: chrono::DateTime<Local> = TS.parse().expect("a valid time");
+            coordinator.renderer = Renderer::new(Local, sent.date_naive(), false);
+            Harness {
+                coordinator,
+                screen,
+                frames: crossbeam_channel::never(),
+                _input: input_sender,
+                _net: net_sender,
+            }
+        }
+
+        /// The socket thread connected; returns the join it sent.
+        fn connect(&mut self) -> Value {
+            let (sender, frames) = crossbeam_channel::unbounded();
+            self.frames = frames;
+            let flow = self.event(Event::Net(NetEvent::Connected(sender)));
+            assert_eq!(flow, ControlFlow::Continue(()));
+            let mut sent = self.sent();
+            assert_eq!(sent.len(), 1, "{sent:?}");
+            sent.remove(0)
+        }
+
+        /// The server sent `message`; how the client goes on.
+        fn server_flow(&mut self, message: Value) -> ControlFlow<ExitCode> {
+            let message = serde_json::from_value(message).expect("a server message");
+            self.event(Event::Net(NetEvent::Message(message)))
+        }
+
+        /// The server sent `message`, and the client goes on.
+        fn server(&mut self, message: Value) {
+            assert_eq!(self.server_flow(message), ControlFlow::Continue(()));
+        }
+
+        /// The connection was lost, or an attempt to reconnect failed.
+        fn down(&mut self, reason: &str) {
+            let flow = self.event(Event::Net(NetEvent::Down {
+                reason: reason.into(),
+                retry_in: Duration::from_millis(500),
+            }));
+            assert_eq!(flow, ControlFlow::Continue(()));
+        }
+
+        /// The user typed `line`; how the client goes on.
+        fn typed_flow(&mut self, line: &str) -> ControlFlow<ExitCode> {
+            self.event(Event::Input(Input::Line(line.into())))
+        }
+
+        /// The user typed `line`, and the client goes on.
+        fn typed(&mut self, line: &str) {
+            assert_eq!(self.typed_flow(line), ControlFlow::Continue(()));
+        }
+
+        /// The input ended, and the client waits for acknowledgements.
+        fn end(&mut self) {
+            let flow = self.event(Event::Input(Input::End));
+            assert_eq!(flow, ControlFlow::Continue(()), "lines still wait");
+        }
+
+        fn event(&mut self, event: Event) -> ControlFlow<ExitCode> {
+            self.coordinator.handle_event(event)
+        }
+
+        /// The frames sent since the last look, as JSON.
+        fn sent(&self) -> Vec<Value> {
+            self.frames
+                .try_iter()
+                .map(|frame| serde_json::from_str(&frame).expect("frames are JSON"))
+                .collect()
+        }
+
+        /// The lines printed since the last look.
+        fn printed(&self) -> Vec<String> {
+            std::mem::take(&mut *self.screen.0.lock().unwrap())
+        }
+    }
+
+    /// A `welcome` for `bot` with `history` (`(id, from, text, cid)`).
+    fn welcome(history: &[(u64, &str, &str, Option<&str>)], recovered: Option<bool>) -> Value {
+        let history: Vec<Value> = history
+            .iter()
+            .map(|&(id, from, text, cid)| message(id, from, text, cid))
+            .collect();
+        let mut welcome = json!({
+            "type": "welcome", "name": "bot", "users": ["bot"], "history": history,
+            "server": "mioserver/0.1.0", "epoch": EPOCH,
+        });
+        if let Some(recovered) = recovered {
+            welcome["recovered"] = json!(recovered);
+        }
+        welcome
+    }
+
+    /// A public `message`.
+    fn message(id: u64, from: &str, text: &str, cid: Option<&str>) -> Value {
+        let mut message = json!({
+            "type": "message", "id": id, "ts": TS,
+            "from": from, "text": text,
+        });
+        if let Some(cid) = cid {
+            message["cid"] = json!(cid);
+        }
+        message
+    }
+
+    /// The `cid` of a sent `say` or `dm`, checked to be 128 bits in hex.
+    fn cid(frame: &Value) -> String {
+        let cid = frame["cid"].as_str().expect("a say or dm carries a cid");
+        assert_eq!(cid.len(), 32, "{cid}");
+        assert!(cid.bytes().all(|b| b.is_ascii_hexdigit()), "{cid}");
+        cid.to_owned()
+    }
+
+    #[test]
+    fn lines_typed_early_go_after_the_welcome_each_with_its_own_cid() {
+        let mut h = Harness::new(false);
+        h.typed("hello :smile:");
+        h.typed("dm Ann psst");
+        assert_eq!(h.connect(), json!({"type": "join", "name": "bot"}));
+        assert!(h.sent().is_empty(), "nothing before the welcome");
+        h.server(welcome(&[], None));
+        assert_eq!(h.printed(), ["--- 1 online: bot ---"]);
+        let sent = h.sent();
+        assert_eq!(sent.len(), 2);
+        assert_eq!(
+            (&sent[0]["type"], &sent[0]["text"]),
+            (&json!("say"), &json!("hello 😄"))
+        );
+        assert_eq!(
+            (&sent[1]["type"], &sent[1]["to"]),
+            (&json!("dm"), &json!("Ann"))
+        );
+        assert_ne!(cid(&sent[0]), cid(&sent[1]));
+    }
+
+    #[test]
+    fn a_piped_run_ends_once_every_line_is_acknowledged() {
+        let mut h = Harness::new(false);
+        h.connect();
+        h.server(welcome(&[], None));
+        h.typed("one");
+        h.typed("dm Ann two");
+        let sent = h.sent();
+        h.end();
+        let say = message(1, "bot", "one", Some(&cid(&sent[0])));
+        assert_eq!(h.server_flow(say), ControlFlow::Continue(()));
+        let dm = json!({
+            "type": "dm", "id": 2, "ts": TS,
+            "from": "bot", "to": "Ann", "text": "two", "cid": cid(&sent[1]),
+        });
+        assert_eq!(h.server_flow(dm), ControlFlow::Break(ExitCode::SUCCESS));
+    }
+
+    #[test]
+    fn an_error_naming_a_cid_answers_that_line_and_fails_the_run() {
+        let mut h = Harness::new(false);
+        h.connect();
+        h.server(welcome(&[], None));
+        h.printed();
+        h.typed("dm Nobody hi");
+        h.typed("fine");
+        let sent = h.sent();
+        h.end();
+        let error = json!({
+            "type": "error", "code": "unknown_user", "message": "nobody called Nobody",
+            "cid": cid(&sent[0]),
+        });
+        assert_eq!(h.server_flow(error), ControlFlow::Continue(()));
+        assert_eq!(h.printed(), ["! unknown_user: nobody called Nobody"]);
+        let echo = message(1, "bot", "fine", Some(&cid(&sent[1])));
+        assert_eq!(h.server_flow(echo), ControlFlow::Break(ExitCode::FAILURE));
+    }
+
+    #[test]
+    fn after_a_reconnect_it_resumes_and_resends_only_what_was_not_acknowledged() {
+        let mut h = Harness::new(false);
+        h.connect();
+        h.server(welcome(&[(5, "Ann", "earlier", None)], None));
+        for line in ["a", "b", "c"] {
+            h.typed(line);
+        }
+        let sent = h.sent();
+        let cids: Vec<String> = sent.iter().map(cid).collect();
+        h.server(message(6, "bot", "a", Some(&cids[0])));
+        h.printed();
+
+        h.down("connection lost: reset");
+        assert_eq!(
+            h.printed(),
+            ["! connection lost: reset; reconnecting in 0.5 s"]
+        );
+        assert!(h.sent().is_empty());
+        // The resume names the largest id seen and its epoch.
+        assert_eq!(
+            h.connect(),
+            json!({"type": "join", "name": "bot", "since": 6, "epoch": EPOCH})
+        );
+        // "b" reached the server before the connection broke: its echo
+        // comes in the resume's history. "c" did not.
+        h.server(welcome(&[(7, "bot", "b", Some(&cids[1]))], Some(true)));
+        assert_eq!(
+            h.printed(),
+            [
+                "* reconnected (missed 1 message)",
+                "[HH:MM] bot: b",
+                "--- 1 online: bot ---"
+            ]
+        );
+        let resent = h.sent();
+        assert_eq!(resent.len(), 1, "{resent:?}");
+        assert_eq!(resent[0], sent[2], "the same request, the same cid");
+        h.end();
+        let echo = message(8, "bot", "c", Some(&cids[2]));
+        assert_eq!(h.server_flow(echo), ControlFlow::Break(ExitCode::SUCCESS));
+    }
+
+    #[test]
+    fn a_history_that_could_not_be_recovered_is_said_plainly() {
+        let mut h = Harness::new(false);
+        h.connect();
+        h.server(welcome(&[(40, "Ann", "old", None)], None));
+        h.printed();
+        h.down("connection lost");
+        h.connect();
+        let mut other = welcome(&[(2, "Ann", "new", None)], Some(false));
+        other["epoch"] = json!("e2");
+        h.server(other);
+        let printed = h.printed();
+        assert!(
+            printed[1].starts_with("* reconnected, but some history could not be recovered"),
+            "{printed:?}"
+        );
+        // Ids of the old history mean nothing now: the next resume counts
+        // from the new one.
+        h.down("connection lost");
+        assert_eq!(
+            h.connect(),
+            json!({"type": "join", "name": "bot", "since": 2, "epoch": "e2"})
+        );
+    }
+
+    #[test]
+    fn failed_attempts_are_reported_once_then_once_a_minute() {
+        let mut h = Harness::new(true);
+        h.connect();
+        h.server(welcome(&[], None));
+        h.printed();
+        h.down("connection lost: reset");
+        assert_eq!(
+            h.printed(),
+            ["! connection lost: reset; reconnecting in 0.5 s"]
+        );
+        h.down("cannot connect to ws://127.0.0.1:1/: refused");
+        assert_eq!(
+            h.printed(),
+            ["! cannot connect to ws://127.0.0.1:1/: refused; still trying"]
+        );
+        for _ in 0..5 {
+            h.down("cannot connect to ws://127.0.0.1:1/: refused");
+        }
+        assert_eq!(h.printed(), Vec::<String>::new());
+        h.connect();
+        h.server(welcome(&[], Some(true)));
+        assert_eq!(
+            h.printed(),
+            ["* reconnected (missed 0 messages)", "--- 1 online: bot ---"]
+        );
+    }
+
+    #[test]
+    fn history_pages_back_from_the_oldest_message_seen() {
+        let mut h = Harness::new(true);
+        h.connect();
+        h.server(welcome(
+            &[(3, "Ann", "x", None), (4, "Ann", "y", None)],
+            None,
+        ));
+        h.printed();
+        h.typed("/history 2");
+        assert_eq!(
+            h.sent(),
+            [json!({"type": "history", "before": 3, "limit": 2})]
+        );
+        let page = json!({"type": "history", "messages": [message(1, "Ann", "older", None)]});
+        h.server(page);
+        assert_eq!(
+            h.printed(),
+            [
+                "--- 1 older message ---",
+                "[HH:MM] Ann: older",
+                "--- end of older messages ---"
+            ]
+        );
+        h.typed("/history");
+        assert_eq!(
+            h.sent(),
+            [json!({"type": "history", "before": 1, "limit": 100})]
+        );
+    }
+
+    #[test]
+    fn help_and_mistakes_are_answered_here_and_never_sent() {
+        let mut h = Harness::new(true);
+        h.connect();
+        h.server(welcome(&[], None));
+        h.printed();
+        h.typed("/help");
+        let help: Vec<String> = HELP
+            .lines()
+            .chain(KEYS_HELP.lines())
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(h.printed(), help);
+        h.typed("/frobnicate");
+        assert_eq!(
+            h.printed(),
+            ["! unknown command /frobnicate (/help lists them)"]
+        );
+        assert!(h.sent().is_empty());
+        assert_eq!(h.typed_flow("/quit"), ControlFlow::Break(ExitCode::SUCCESS));
+    }
+}
