@@ -17,7 +17,8 @@
 //! history) or with an `error` naming it. After a reconnect the client
 //! resumes with `since` and `epoch` and sends the unacknowledged ones again
 //! with the same `cid`; the server posts a `cid` at most once, so a line
-//! typed once is posted exactly once.
+//! typed once is posted exactly once. A line the server could not store
+//! (`error` `unavailable`) is sent again, with its `cid`, a little later.
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
@@ -62,6 +63,16 @@ const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// conversation under one line per attempt.
 const OUTAGE_REPORT_EVERY: Duration = Duration::from_secs(60);
 
+/// How long a line the server could not store (`error` `unavailable`: its
+/// disk is full, its store unreachable) waits before it is sent again with
+/// the same `cid`: long enough not to hammer a server in trouble, short
+/// enough that a brief hiccup goes unnoticed.
+const UNAVAILABLE_RETRY: Duration = Duration::from_secs(2);
+
+/// How many `unavailable` answers in a row, with no line stored between
+/// them, before the lines are given up: about half a minute of retries.
+const MAX_UNAVAILABLE: u32 = 15;
+
 /// How long a piped client whose input has ended keeps trying to reach the
 /// server to deliver what is still unacknowledged. A restart takes seconds
 /// and the retries back off to one every 30 s, so two minutes is several
@@ -79,6 +90,8 @@ pub enum Event {
     Paced,
     /// A piped client has waited [`PIPED_PATIENCE`] for the server.
     Patience,
+    /// Lines the server could not store may be sent again.
+    Retry,
 }
 
 /// A time when the connection is down.
@@ -143,6 +156,14 @@ pub struct Coordinator {
     /// with their `cid`. They survive a lost connection: the next welcome
     /// sends them again.
     unacked: VecDeque<(Cid, Request)>,
+    /// Lines the server answered `unavailable`, oldest first, waiting for
+    /// `retry_timer` to send them again with the same `cid`.
+    held: VecDeque<Request>,
+    /// Fires when `held` lines may go again; `never()` when none wait.
+    retry_timer: Receiver<Instant>,
+    /// `unavailable` answers since a line was last acknowledged: past
+    /// [`MAX_UNAVAILABLE`] the server is not expected to recover soon.
+    unavailable_streak: u32,
     /// Requests without a `cid` (`who`, `nick`, `history`) sent on this
     /// connection and not yet answered (by `users`, `renamed`, `history` or
     /// an error without a `cid`).
@@ -189,6 +210,9 @@ impl Coordinator {
             pace: TokenBucket::new(PACE_RATE, PACE_BURST, Instant::now()),
             pace_timer: crossbeam_channel::never(),
             unacked: VecDeque::new(),
+            held: VecDeque::new(),
+            retry_timer: crossbeam_channel::never(),
+            unavailable_streak: 0,
             unanswered: 0,
             failed: 0,
             outage: None,
@@ -219,6 +243,7 @@ impl Coordinator {
             })),
             recv(self.pace_timer) -> _ => Event::Paced,
             recv(self.patience_timer) -> _ => Event::Patience,
+            recv(self.retry_timer) -> _ => Event::Retry,
         }
     }
 
@@ -247,6 +272,14 @@ impl Coordinator {
             Event::Patience => {
                 self.patience_timer = crossbeam_channel::never();
                 self.finish_if_done()
+            }
+            Event::Retry => {
+                self.retry_timer = crossbeam_channel::never();
+                while let Some(request) = self.held.pop_back() {
+                    self.queued.push_front(request);
+                }
+                self.send_queued();
+                ControlFlow::Continue(())
             }
         }
     }
@@ -401,7 +434,9 @@ impl Coordinator {
             }
             ServerMessage::Message(message) => self.seen(&message),
             ServerMessage::Dm { cid, .. } => {
-                self.acknowledged(cid.as_ref());
+                if self.acknowledged(cid.as_ref()) {
+                    self.unavailable_streak = 0;
+                }
             }
             ServerMessage::Joined { name, .. } => self.roster.add(&name),
             ServerMessage::History { messages } => {
@@ -422,10 +457,15 @@ impl Coordinator {
                 self.roster.set(&users.names());
                 self.answered();
             }
-            ServerMessage::Error { cid, .. } => {
-                self.failed += 1;
-                if !self.acknowledged(cid.as_ref()) {
-                    self.answered_by_error();
+            ServerMessage::Error { code, cid, .. } => {
+                if code == ErrorCode::Unavailable && self.hold(cid.as_ref()) {
+                    let seconds = UNAVAILABLE_RETRY.as_secs();
+                    self.show_alert(&format!("not stored; trying again in {seconds} s"));
+                } else {
+                    self.failed += 1;
+                    if !self.acknowledged(cid.as_ref()) {
+                        self.answered_by_error();
+                    }
                 }
             }
         }
@@ -437,22 +477,41 @@ impl Coordinator {
     fn seen(&mut self, message: &ChatMessage) {
         self.last_id = Some(self.last_id.map_or(message.id, |id| id.max(message.id)));
         self.oldest_id = Some(self.oldest_id.map_or(message.id, |id| id.min(message.id)));
-        self.acknowledged(message.cid.as_ref());
+        if self.acknowledged(message.cid.as_ref()) {
+            self.unavailable_streak = 0;
+        }
     }
 
     /// The server answered the request sent with `cid`, if it is one of
     /// ours that waits; whether it was.
     fn acknowledged(&mut self, cid: Option<&Cid>) -> bool {
-        let Some(cid) = cid else {
+        self.take_unacked(cid).is_some()
+    }
+
+    /// Removes the line sent with `cid` from those waiting for an answer.
+    fn take_unacked(&mut self, cid: Option<&Cid>) -> Option<Request> {
+        let at = self
+            .unacked
+            .iter()
+            .position(|(sent, _)| Some(sent) == cid)?;
+        self.unacked.remove(at).map(|(_, request)| request)
+    }
+
+    /// The server could not store the line sent with `cid` and nobody got
+    /// it: keep it to send again with the same `cid` after
+    /// [`UNAVAILABLE_RETRY`], unless the server has been failing for too
+    /// long. Whether it is kept.
+    fn hold(&mut self, cid: Option<&Cid>) -> bool {
+        if self.unavailable_streak >= MAX_UNAVAILABLE {
+            return false;
+        }
+        let Some(request) = self.take_unacked(cid) else {
             return false;
         };
-        match self.unacked.iter().position(|(sent, _)| sent == cid) {
-            Some(at) => {
-                self.unacked.remove(at);
-                true
-            }
-            None => false,
-        }
+        self.unavailable_streak += 1;
+        self.held.push_back(request);
+        self.retry_timer = crossbeam_channel::after(UNAVAILABLE_RETRY);
+        true
     }
 
     /// An error without a `cid`. It answers a request without one when any
@@ -567,7 +626,7 @@ impl Coordinator {
             return ControlFlow::Continue(());
         }
         let joining = self.conn.is_some() && !self.joined;
-        let lines = self.queued.len() + self.unacked.len();
+        let lines = self.queued.len() + self.unacked.len() + self.held.len();
         if lines > 0 || self.unanswered > 0 || joining {
             let waited_enough = self.conn.is_none()
                 && self
@@ -886,6 +945,44 @@ mod tests {
         assert_eq!(h.printed(), ["! unknown_user: nobody called Nobody"]);
         let echo = message(1, "bot", "fine", Some(&cid(&sent[1])));
         assert_eq!(h.server_flow(echo), ControlFlow::Break(ExitCode::FAILURE));
+    }
+
+    #[test]
+    fn a_line_the_server_could_not_store_is_sent_again_with_its_cid() {
+        let mut h = Harness::new(false);
+        h.connect();
+        // No pacing: the retries below come faster than any person types.
+        h.coordinator.pace = TokenBucket::new(0.0, 0, Instant::now());
+        h.server(welcome(&[], None));
+        h.printed();
+        h.typed("keep me");
+        let sent = h.sent();
+        h.end();
+        let unavailable = json!({
+            "type": "error", "code": "unavailable", "message": "the disk is full",
+            "cid": cid(&sent[0]),
+        });
+        h.server(unavailable.clone());
+        assert_eq!(
+            h.printed(),
+            [
+                "! unavailable: the disk is full",
+                "! not stored; trying again in 2 s"
+            ]
+        );
+        assert!(h.sent().is_empty(), "not at once");
+        assert_eq!(h.event(Event::Retry), ControlFlow::Continue(()));
+        assert_eq!(h.sent(), sent, "the same request, the same cid");
+        // A server that keeps failing is given up on, and the run fails.
+        for _ in 1..MAX_UNAVAILABLE {
+            h.server(unavailable.clone());
+            assert_eq!(h.event(Event::Retry), ControlFlow::Continue(()));
+            assert_eq!(h.sent(), sent);
+        }
+        assert_eq!(
+            h.server_flow(unavailable),
+            ControlFlow::Break(ExitCode::FAILURE)
+        );
     }
 
     #[test]
