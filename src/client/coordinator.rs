@@ -415,6 +415,7 @@ impl Coordinator {
                 users,
                 history,
                 epoch,
+                recovered,
                 ..
             } => {
                 self.joined = true;
@@ -424,8 +425,12 @@ impl Coordinator {
                 if self.epoch.as_ref() != Some(&epoch) {
                     // Ids of another history mean nothing in this one.
                     self.last_id = None;
-                    self.oldest_id = None;
                     self.epoch = Some(epoch);
+                    self.oldest_id = None;
+                } else if recovered == Some(false) {
+                    // A gap lies before this history: `/history` pages
+                    // back from its start, through the gap.
+                    self.oldest_id = None;
                 }
                 for message in &history {
                     self.seen(message);
@@ -1045,7 +1050,12 @@ mod tests {
             "{printed:?}"
         );
         // Ids of the old history mean nothing now: the next resume counts
-        // from the new one.
+        // from the new one, and so does /history.
+        h.typed("/history 5");
+        assert_eq!(
+            h.sent(),
+            [json!({"type": "history", "before": 2, "limit": 5})]
+        );
         h.down("connection lost");
         assert_eq!(
             h.connect(),
