@@ -1,6 +1,6 @@
-//! `mioserver`: the chat server. Parses the command line (the flags of
-//! `docs/protocol.md`'s server and the README's table), sets up logging and
-//! signals, and runs the event loop on the main thread.
+//! `mioserver`: the chat server. Parses the command line (`mioserver
+//! --help`, the README's table), sets up logging and signals, and runs the
+//! event loop on the main thread.
 //!
 //! Every flag takes its default from [`ServerConfig::default`], the one
 //! place defaults are written, and can also be set from an environment
