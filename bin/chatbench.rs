@@ -1,4 +1,4 @@
-//! chatbench: the project's load generator. See `../shared/CLI.md` and
+//! chatbench: the project's load generator. See `chatbench --help` and
 //! `docs/performance.md`; the work is done by [`miochat::bench`].
 
 use std::process::ExitCode;
@@ -6,10 +6,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use miochat::bench::{self, Params};
 
-/// Load generator for a miochat server: fanout, flood, dm and conns runs
-/// with latency percentiles, loss and the server's CPU per delivery.
+/// chatbench, the miochat load generator: fanout, flood, dm and conns runs
+/// against a server on this machine, with latency percentiles, loss and
+/// the server's CPU per delivery.
 #[derive(Parser)]
-#[command(version)]
+#[command(name = "chatbench", version)]
 struct Cli {
     /// The run's settings.
     #[command(flatten)]

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// Chat on a miochat server from the terminal.
+/// lineclient, the miochat terminal client: chat on a miochat server.
 ///
 /// On a terminal: type to talk, /help for the commands, Tab to complete
 /// names, Ctrl-D to leave. With standard input piped: one message per
@@ -29,6 +29,10 @@ struct Args {
     /// For wss://: also trust this certificate authority (PEM), besides the system's.
     #[arg(long, value_name = "FILE")]
     ca_file: Option<PathBuf>,
+    /// Also keep the DMs you type in the line history (left out by default:
+    /// the file is plain text).
+    #[arg(long)]
+    save_dms: bool,
 }
 
 fn main() -> ExitCode {
@@ -39,5 +43,6 @@ fn main() -> ExitCode {
         no_color: args.no_color,
         history_file: args.history_file,
         ca_file: args.ca_file,
+        save_dms: args.save_dms,
     })
 }

@@ -1,8 +1,15 @@
-//! `mioserver`: the chat server. Parses the command line of
-//! `shared/CLI.md`, sets up logging and signals, and runs the event loop on
-//! the main thread.
+//! `mioserver`: the chat server. Parses the command line (`mioserver
+//! --help`, the README's table), sets up logging and signals, and runs the
+//! event loop on the main thread.
+//!
+//! Every flag takes its default from [`ServerConfig::default`], the one
+//! place defaults are written, and can also be set from an environment
+//! variable `MIOCHAT_<FLAG>` (for a systemd `EnvironmentFile`). The flags
+//! come in groups, one struct each, flattened into [`Args`]: a subsystem
+//! that needs flags (storage, TLS) adds a group of its own.
 
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -10,77 +17,66 @@ use std::time::Duration;
 use clap::Parser;
 use miochat::chat::store::SyncMode;
 use miochat::chat::Chat;
-use miochat::evloop::config::{default_max_connections, LoopConfig};
+use miochat::evloop::config::LoopConfig;
 use miochat::evloop::server::Server;
 use miochat::evloop::tls::{self, TlsReloader};
 use miochat::ServerConfig;
 
-/// A real-time chat server on a hand-rolled mio event loop (WebSocket, JSON).
+/// mioserver, the miochat chat server: real-time chat over WebSocket (JSON
+/// or plain text) on a hand-rolled mio event loop.
+///
+/// Clients: lineclient, websocat, a browser, any WebSocket library. Every
+/// flag can also be set from the environment variable shown with it.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "mioserver", version)]
 struct Args {
-    /// Address to listen on; 0.0.0.0:8765 for every interface.
-    #[arg(default_value = "127.0.0.1:8765")]
+    /// Address to listen on: IP:PORT or HOST:PORT (a name is resolved,
+    /// IPv4 first). 127.0.0.1 accepts connections from this machine only;
+    /// 0.0.0.0 accepts them on every network interface, from any machine
+    /// that can reach this one.
+    #[arg(
+        env = "MIOCHAT_ADDR",
+        default_value_t = defaults().net.addr,
+        value_parser = listen_address
+    )]
     addr: SocketAddr,
-    /// Public messages kept and sent on join.
-    #[arg(long, value_name = "N", default_value_t = 100)]
-    history: usize,
-    /// Most messages sent on a resume with since.
-    #[arg(long, value_name = "N", default_value_t = 1000)]
-    max_resume: usize,
-    /// Largest WebSocket message accepted (close 1009 above).
-    #[arg(long, value_name = "N", default_value_t = 65536)]
-    max_message_bytes: usize,
-    /// Longest chat text in characters (error too_long above).
-    #[arg(long, value_name = "N", default_value_t = 4000)]
-    max_text_chars: usize,
-    /// Connections held at once [default: the open-files limit less a few].
-    #[arg(long, value_name = "N")]
-    max_connections: Option<usize>,
-    /// Output queued for one client before it is disconnected as too slow (1013).
-    #[arg(long, value_name = "N", default_value_t = 1_048_576)]
-    max_outbound_bytes: usize,
-    /// Seconds for the HTTP upgrade request to complete.
-    #[arg(long, value_name = "S", default_value = "10", value_parser = seconds)]
-    handshake_timeout: Duration,
-    /// Seconds from the upgrade to a successful join (close 1008).
-    #[arg(long, value_name = "S", default_value = "10", value_parser = seconds)]
-    join_timeout: Duration,
-    /// Seconds of silence before the server pings a client.
-    #[arg(long, value_name = "S", default_value = "30", value_parser = seconds)]
-    ping_interval: Duration,
-    /// Seconds after a ping with no frame before the client is dropped (close 1001).
-    #[arg(long, value_name = "S", default_value = "30", value_parser = seconds)]
-    ping_timeout: Duration,
-    /// Requests per second one connection may sustain; 0 turns limiting off.
-    #[arg(long, value_name = "R", default_value = "10", value_parser = rate)]
-    rate_limit: f64,
-    /// Requests a connection may send at once before the limit applies.
-    #[arg(long, value_name = "B", default_value_t = 20)]
-    rate_burst: u32,
-    /// Connections one address may hold; 0 means no limit.
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    max_connections_per_ip: usize,
+    /// Log level (error, warn, info, debug, trace); overrides RUST_LOG.
+    #[arg(long, value_name = "LEVEL", env = "MIOCHAT_LOG_LEVEL")]
+    log_level: Option<log::LevelFilter>,
+    /// The chat's own settings.
+    #[command(flatten)]
+    chat: ChatFlags,
+    /// The loop's limits and timers.
+    #[command(flatten)]
+    net: NetFlags,
+    /// Where the history is kept.
+    #[command(flatten)]
+    store: StoreFlags,
+    /// The certificate for wss:// and https://.
+    #[command(flatten)]
+    tls: TlsFlags,
+}
+
+/// The history's flags: the database file and how hard it works to survive.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "History")]
+struct StoreFlags {
     /// The history database (SQLite), created if missing; :memory: keeps
-    /// history in memory only.
-    #[arg(long, value_name = "PATH", default_value = "miochat.db")]
+    /// history in memory only, for as long as the process runs.
+    #[arg(long, value_name = "PATH", env = "MIOCHAT_DB", default_value = DEFAULT_DB)]
     db: PathBuf,
     /// full: an acknowledged message survives power loss (one fsync per
     /// group commit); normal: it survives a crash of the server, not of the
     /// machine.
-    #[arg(long, value_enum, default_value_t = Sync::Full)]
+    #[arg(long, value_enum, env = "MIOCHAT_SYNC", default_value_t = Sync::Full)]
     sync: Sync,
-    /// PEM certificate chain: serve wss:// and https:// (with --tls-key);
-    /// SIGHUP reloads it.
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// PEM private key of --tls-cert.
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-    /// Log level (error, warn, info, debug, trace); overrides RUST_LOG.
-    #[arg(long, value_name = "LEVEL")]
-    log_level: Option<log::LevelFilter>,
 }
+
+/// The file the history is kept in when `--db` is not given: in the
+/// working directory, so that running the server twice from one place
+/// continues one chat. (The library's default is `:memory:`, so that
+/// tests and embedders write no file unless asked to.)
+const DEFAULT_DB: &str = "miochat.db";
 
 /// The values of `--sync`.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -91,6 +87,123 @@ enum Sync {
     Normal,
 }
 
+/// The TLS flags: serve wss:// and https:// instead of ws:// and http://.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "TLS")]
+struct TlsFlags {
+    /// PEM certificate chain: serve wss:// and https:// (with --tls-key);
+    /// SIGHUP reloads it.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "MIOCHAT_TLS_CERT",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "MIOCHAT_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+}
+
+/// The chat's flags: history and what one client may send.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Chat")]
+struct ChatFlags {
+    /// Public messages kept and sent on join.
+    #[arg(long, value_name = "N", env = "MIOCHAT_HISTORY",
+          default_value_t = defaults().history, value_parser = count,
+          allow_negative_numbers = true)]
+    history: usize,
+    /// Most messages sent on a resume with since.
+    #[arg(long, value_name = "N", env = "MIOCHAT_MAX_RESUME",
+          default_value_t = defaults().max_resume, value_parser = count,
+          allow_negative_numbers = true)]
+    max_resume: usize,
+    /// Longest chat text in characters (error too_long above).
+    #[arg(long, value_name = "N", env = "MIOCHAT_MAX_TEXT_CHARS",
+          default_value_t = defaults().max_text_chars, value_parser = positive,
+          allow_negative_numbers = true)]
+    max_text_chars: usize,
+    /// Requests per second one connection may sustain; 0 turns limiting off.
+    #[arg(long, value_name = "R", env = "MIOCHAT_RATE_LIMIT",
+          default_value_t = defaults().rate_limit, value_parser = rate,
+          allow_negative_numbers = true)]
+    rate_limit: f64,
+    /// Requests a connection may send at once before the limit applies.
+    #[arg(long, value_name = "B", env = "MIOCHAT_RATE_BURST",
+          default_value_t = defaults().rate_burst, value_parser = count_u32,
+          allow_negative_numbers = true)]
+    rate_burst: u32,
+}
+
+/// The loop's flags: sizes, connection limits and deadlines.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Connections")]
+struct NetFlags {
+    /// Largest WebSocket message accepted (close 1009 above).
+    #[arg(long, value_name = "N", env = "MIOCHAT_MAX_MESSAGE_BYTES",
+          default_value_t = defaults().net.max_message_bytes, value_parser = positive,
+          allow_negative_numbers = true)]
+    max_message_bytes: usize,
+    /// Connections held at once; the default is the open-files limit less a
+    /// few descriptors the server needs itself.
+    #[arg(long, value_name = "N", env = "MIOCHAT_MAX_CONNECTIONS",
+          default_value_t = defaults().net.max_connections, value_parser = positive,
+          allow_negative_numbers = true)]
+    max_connections: usize,
+    /// Connections one address may hold; 0 means no limit.
+    #[arg(long, value_name = "N", env = "MIOCHAT_MAX_CONNECTIONS_PER_IP",
+          default_value_t = defaults().net.max_connections_per_ip, value_parser = count,
+          allow_negative_numbers = true)]
+    max_connections_per_ip: usize,
+    /// Output queued for one client before it is disconnected as too slow (1013).
+    #[arg(long, value_name = "N", env = "MIOCHAT_MAX_OUTBOUND_BYTES",
+          default_value_t = defaults().net.max_outbound_bytes, value_parser = positive,
+          allow_negative_numbers = true)]
+    max_outbound_bytes: usize,
+    /// Seconds for the HTTP upgrade request to complete.
+    #[arg(long, value_name = "S", env = "MIOCHAT_HANDSHAKE_TIMEOUT",
+          default_value_t = Seconds(defaults().net.handshake_timeout), value_parser = seconds,
+          allow_negative_numbers = true)]
+    handshake_timeout: Seconds,
+    /// Seconds from the upgrade to a successful join (close 1008).
+    #[arg(long, value_name = "S", env = "MIOCHAT_JOIN_TIMEOUT",
+          default_value_t = Seconds(defaults().join_timeout), value_parser = seconds,
+          allow_negative_numbers = true)]
+    join_timeout: Seconds,
+    /// Seconds of silence before the server pings a client.
+    #[arg(long, value_name = "S", env = "MIOCHAT_PING_INTERVAL",
+          default_value_t = Seconds(defaults().net.ping_interval), value_parser = seconds,
+          allow_negative_numbers = true)]
+    ping_interval: Seconds,
+    /// Seconds after a ping with no frame before the client is dropped (close 1001).
+    #[arg(long, value_name = "S", env = "MIOCHAT_PING_TIMEOUT",
+          default_value_t = Seconds(defaults().net.ping_timeout), value_parser = seconds,
+          allow_negative_numbers = true)]
+    ping_timeout: Seconds,
+}
+
+/// The defaults every flag shows and takes.
+fn defaults() -> ServerConfig {
+    ServerConfig::default()
+}
+
+/// A duration given in seconds on the command line, shown the same way.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Seconds(Duration);
+
+impl fmt::Display for Seconds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `f64`'s shortest form: `10`, `0.25`.
+        write!(f, "{}", self.0.as_secs_f64())
+    }
+}
+
 /// The longest duration a flag accepts: a year. Anything longer means
 /// "never" in practice, and far larger values would overflow the clock
 /// arithmetic of deadlines.
@@ -98,9 +211,9 @@ const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
 
 /// Parses a duration in seconds, fractions allowed (`0.2`); more than zero
 /// and at most a year.
-fn seconds(text: &str) -> Result<Duration, String> {
+fn seconds(text: &str) -> Result<Seconds, String> {
     match text.parse::<f64>() {
-        Ok(secs) if secs > 0.0 && secs <= MAX_SECONDS => Ok(Duration::from_secs_f64(secs)),
+        Ok(secs) if secs > 0.0 && secs <= MAX_SECONDS => Ok(Seconds(Duration::from_secs_f64(secs))),
         _ => Err(format!(
             "{text:?} is not a number of seconds above 0 and at most {MAX_SECONDS}"
         )),
@@ -112,6 +225,98 @@ fn rate(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(rate) if rate.is_finite() && rate >= 0.0 => Ok(rate),
         _ => Err(format!("{text:?} is not a rate (a number, 0 or more)")),
+    }
+}
+
+/// Parses a whole number, 0 or more, saying so when it is negative
+/// (clap would otherwise suggest `-- -5`, which makes `-5` the address).
+fn count(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) => Ok(n),
+        Err(_) if text.starts_with('-') && text[1..].parse::<u128>().is_ok() => {
+            Err("the value must be 0 or more".to_owned())
+        }
+        Err(_) => Err(format!("{text:?} is not a whole number (0 or more)")),
+    }
+}
+
+/// [`count`], for a `u32` flag.
+fn count_u32(text: &str) -> Result<u32, String> {
+    u32::try_from(count(text)?).map_err(|_| format!("the value must be at most {}", u32::MAX))
+}
+
+/// Parses a whole number, 1 or more: a limit of 0 would make a server that
+/// can hold nobody or accept nothing.
+fn positive(text: &str) -> Result<usize, String> {
+    match count(text) {
+        Ok(0) => Err("the value must be 1 or more".to_owned()),
+        Ok(n) => Ok(n),
+        Err(_) if text.starts_with('-') => Err("the value must be 1 or more".to_owned()),
+        Err(why) => Err(why),
+    }
+}
+
+/// Parses the address to listen on: `IP:PORT`, `HOST:PORT` (resolved), or
+/// an IP or host alone (the default port). A name may resolve to several
+/// addresses; the first IPv4 one is taken, since `localhost` means
+/// 127.0.0.1 to most clients, else the first.
+fn listen_address(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let default_port = defaults().net.addr.port();
+    if let Ok(ip) = text.trim_matches(['[', ']']).parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, default_port));
+    }
+    let (host, port) = match text.rsplit_once(':') {
+        Some((host, port)) => {
+            let port = port
+                .parse::<u16>()
+                .map_err(|_| format!("{port:?} is not a port number (0 to 65535)"))?;
+            (host, port)
+        }
+        None => (text, default_port),
+    };
+    let resolved: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|err| format!("cannot resolve {host:?}: {err}"))?
+        .collect();
+    resolved
+        .iter()
+        .find(|addr| addr.is_ipv4())
+        .or(resolved.first())
+        .copied()
+        .ok_or_else(|| format!("{host:?} has no address"))
+}
+
+impl Args {
+    /// The settings the flags ask for.
+    fn config(&self) -> ServerConfig {
+        let (chat, net) = (&self.chat, &self.net);
+        ServerConfig {
+            net: LoopConfig {
+                addr: self.addr,
+                max_message_bytes: net.max_message_bytes,
+                max_connections: net.max_connections,
+                max_connections_per_ip: net.max_connections_per_ip,
+                max_outbound_bytes: net.max_outbound_bytes,
+                handshake_timeout: net.handshake_timeout.0,
+                ping_interval: net.ping_interval.0,
+                ping_timeout: net.ping_timeout.0,
+                tls: None,
+            },
+            join_timeout: net.join_timeout.0,
+            history: chat.history,
+            max_text_chars: chat.max_text_chars,
+            max_resume: chat.max_resume,
+            rate_limit: chat.rate_limit,
+            rate_burst: chat.rate_burst,
+            db: self.store.db.clone(),
+            sync: match self.store.sync {
+                Sync::Full => SyncMode::Full,
+                Sync::Normal => SyncMode::Normal,
+            },
+        }
     }
 }
 
@@ -129,41 +334,21 @@ fn main() -> ExitCode {
         .format_timestamp_millis()
         .init();
 
-    let tls_files = args.tls_cert.clone().zip(args.tls_key.clone());
-    let tls = match &tls_files {
-        Some((cert, key)) => match tls::load(cert, key) {
-            Ok(tls) => Some(tls),
+    let mut config = args.config();
+    let tls_files = args.tls.tls_cert.clone().zip(args.tls.tls_key.clone());
+    if let Some((cert, key)) = &tls_files {
+        match tls::load(cert, key) {
+            Ok(tls) => config.net.tls = Some(tls),
             Err(err) => {
                 log::error!("cannot use the TLS certificate: {err}");
                 return ExitCode::FAILURE;
             }
-        },
-        None => None,
-    };
-    let scheme = if tls.is_some() { "wss" } else { "ws" };
-    let config = ServerConfig {
-        net: LoopConfig {
-            addr: args.addr,
-            max_message_bytes: args.max_message_bytes,
-            max_connections: args.max_connections.unwrap_or_else(default_max_connections),
-            max_connections_per_ip: args.max_connections_per_ip,
-            max_outbound_bytes: args.max_outbound_bytes,
-            handshake_timeout: args.handshake_timeout,
-            ping_interval: args.ping_interval,
-            ping_timeout: args.ping_timeout,
-            tls,
-        },
-        join_timeout: args.join_timeout,
-        history: args.history,
-        max_text_chars: args.max_text_chars,
-        max_resume: args.max_resume,
-        rate_limit: args.rate_limit,
-        rate_burst: args.rate_burst,
-        db: args.db,
-        sync: match args.sync {
-            Sync::Full => SyncMode::Full,
-            Sync::Normal => SyncMode::Normal,
-        },
+        }
+    }
+    let scheme = if config.net.tls.is_some() {
+        "wss"
+    } else {
+        "ws"
     };
     let chat = match Chat::open(&config) {
         Ok(chat) => chat,
@@ -230,5 +415,43 @@ fn reload_tls(files: Option<&(PathBuf, PathBuf)>, reloader: &TlsReloader) {
     match tls::load(cert, key) {
         Ok(config) => reloader.reload(config),
         Err(err) => log::error!("SIGHUP: kept the current TLS certificate: {err}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_refuse_negative_numbers_in_plain_words() {
+        assert_eq!(count("5"), Ok(5));
+        assert_eq!(count("-5"), Err("the value must be 0 or more".to_owned()));
+        assert!(count("five").unwrap_err().contains("not a whole number"));
+        assert_eq!(positive("0"), Err("the value must be 1 or more".to_owned()));
+        assert_eq!(
+            positive("-1"),
+            Err("the value must be 1 or more".to_owned())
+        );
+        assert_eq!(positive("1"), Ok(1));
+    }
+
+    #[test]
+    fn addresses_may_be_names_or_lack_a_port() {
+        let local = SocketAddr::from(([127, 0, 0, 1], 9000));
+        assert_eq!(listen_address("127.0.0.1:9000"), Ok(local));
+        assert_eq!(listen_address("localhost:9000"), Ok(local));
+        assert_eq!(
+            listen_address("localhost"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], 8765)))
+        );
+        assert_eq!(listen_address("[::1]"), Ok("[::1]:8765".parse().unwrap()));
+        assert!(listen_address("localhost:http2").is_err());
+    }
+
+    #[test]
+    fn seconds_show_as_they_are_typed() {
+        assert_eq!(Seconds(Duration::from_secs(10)).to_string(), "10");
+        assert_eq!(seconds("0.25").unwrap().to_string(), "0.25");
+        assert!(seconds("-1").is_err());
     }
 }

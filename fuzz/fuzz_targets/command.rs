@@ -37,7 +37,11 @@ fuzz_target!(|line: &str| {
     // Before joining, a line is the name; after, it is a command.
     match plain::interpret(false, line) {
         Line::Blank => assert!(blank),
-        Line::Request(Request::Join { name, since: None }) => {
+        Line::Request(Request::Join {
+            name,
+            since: None,
+            epoch: None,
+        }) => {
             assert_eq!(name, line.trim());
         }
         other => panic!("a first line gave {other:?}"),

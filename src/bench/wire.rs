@@ -3,11 +3,14 @@
 //! server message it needs.
 //!
 //! chatbench writes every `text` itself, so it can find what it measures
-//! without parsing JSON: a text is `"<sender> <micros> "` padded with `x`,
-//! where `sender` is the sending client's index and `micros` the time the
-//! message was *meant* to leave, in microseconds since the run's epoch. Only
-//! digits, spaces and `x` appear, so no JSON escaping can move them.
+//! without parsing JSON on its hot path: a text is `"<sender> <micros> "`
+//! padded with `x`, where `sender` is the sending client's index and
+//! `micros` the time the message was *meant* to leave, in microseconds
+//! since the run's epoch. Only digits, spaces and `x` appear, so no JSON
+//! escaping can move them. Reading a server message relies on no field
+//! order: see [`classify`].
 
+use std::borrow::Cow;
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::LazyLock;
@@ -162,26 +165,59 @@ pub enum Event {
 }
 
 /// Classifies one server text frame by its `type` and, for deliveries, the
-/// numbers at the start of its `text`. No JSON is parsed: the first
-/// `"type":"` is the message's own (serde writes the tag first, and no
-/// chatbench name or text contains a quote), and the texts are ours.
+/// numbers at the start of its `text`, whatever the order of its fields.
+///
+/// The hot path parses no JSON. When the frame starts with `{"type":"`,
+/// that is certainly the message's own type, whatever nested objects
+/// follow. The `text` of a `message` or `dm` is then the value of its one
+/// `"text":"` key, wherever it is: those objects nest nothing, and those
+/// bytes can only be a key in JSON (a quote inside a string is escaped).
+/// A frame whose `type` comes later (another server, another serializer)
+/// is read with `serde_json`: slower, never wrong.
 pub fn classify(payload: &[u8]) -> Event {
-    let kind = match payload.strip_prefix(TYPE_FIRST) {
-        Some(kind) => Some(kind),
-        None => TYPE
-            .find(payload)
-            .map(|at| &payload[at + TYPE.needle().len()..]),
+    let Some(kind) = payload.strip_prefix(TYPE_FIRST) else {
+        return classify_parsed(payload);
     };
-    match kind {
-        Some(kind) if kind.starts_with(br#"message""#) || kind.starts_with(br#"dm""#) => TEXT
-            .find(kind)
-            .and_then(|at| parse_text(&kind[at + TEXT.needle().len()..]))
+    if kind.starts_with(br#"message""#) || kind.starts_with(br#"dm""#) {
+        TEXT.find(payload)
+            .and_then(|at| parse_text(&payload[at + TEXT.needle().len()..]))
+            .map_or(Event::Other, |(sender, micros)| Event::Delivery {
+                sender,
+                micros,
+            })
+    } else if kind.starts_with(br#"welcome""#) {
+        Event::Welcome
+    } else if kind.starts_with(br#"error""#) {
+        Event::Error
+    } else {
+        Event::Other
+    }
+}
+
+/// [`classify`] for a frame whose `type` is not its first field: the
+/// top-level `type` and `text` read by `serde_json`, every other field
+/// (nested history included) skipped.
+fn classify_parsed(payload: &[u8]) -> Event {
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Cow<'a, str>,
+        #[serde(default, borrow)]
+        text: Option<Cow<'a, str>>,
+    }
+    let Ok(envelope) = serde_json::from_slice::<Envelope>(payload) else {
+        return Event::Other;
+    };
+    match &*envelope.kind {
+        "message" | "dm" => envelope
+            .text
+            .and_then(|text| parse_text(text.as_bytes()))
             .map_or(Event::Other, |(sender, micros)| Event::Delivery {
                 sender,
                 micros,
             }),
-        Some(kind) if kind.starts_with(br#"welcome""#) => Event::Welcome,
-        Some(kind) if kind.starts_with(br#"error""#) => Event::Error,
+        "welcome" => Event::Welcome,
+        "error" => Event::Error,
         _ => Event::Other,
     }
 }
@@ -190,12 +226,9 @@ pub fn classify(payload: &[u8]) -> Event {
 /// writes it: checked before any search.
 const TYPE_FIRST: &[u8] = br#"{"type":""#;
 
-/// The search for `"type":"` elsewhere. Searches run for every delivery,
-/// so they use memchr's vectorized finder, built once (building one per
-/// call, or scanning byte by byte, was a fifth of chatbench's CPU).
-static TYPE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#""type":""#));
-
-/// The search for the start of a `text` value.
+/// The search for the start of a `text` value. Searches run for every
+/// delivery, so they use memchr's vectorized finder, built once (building
+/// one per call, or scanning byte by byte, was a fifth of chatbench's CPU).
 static TEXT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#""text":""#));
 
 /// Reads `"<sender> <micros> "` from the start of a text.
@@ -283,5 +316,31 @@ mod tests {
         );
         assert_eq!(classify(br#"{"type":"joined","name":"a"}"#), Event::Other);
         assert_eq!(classify(b"not json"), Event::Other);
+    }
+
+    #[test]
+    fn classifies_whatever_the_order_of_the_fields() {
+        let delivery = Event::Delivery {
+            sender: 7,
+            micros: 99,
+        };
+        // The text before the type, and the type last.
+        let message = br#"{"id":4,"text":"7 99 xx","from":"cb1-0","type":"message"}"#;
+        assert_eq!(classify(message), delivery);
+        let text_first = br#"{"type":"dm","text":"7 99 ","to":"b","from":"a","id":1}"#;
+        assert_eq!(classify(text_first), delivery);
+        let dm = br#"{"cid":"c","to":"b","type":"dm","text":"7 99 ","from":"a"}"#;
+        assert_eq!(classify(dm), delivery);
+        // A welcome whose history (with its own types and texts) comes
+        // before its type is a welcome, not a delivery.
+        let welcome = br#"{"history":[{"type":"message","id":1,"text":"7 99 "}],"type":"welcome","name":"a"}"#;
+        assert_eq!(classify(welcome), Event::Welcome);
+        let error = br#"{"code":"rate_limited","message":"m","type":"error"}"#;
+        assert_eq!(classify(error), Event::Error);
+        let joined = br#"{"name":"a","online":2,"type":"joined"}"#;
+        assert_eq!(classify(joined), Event::Other);
+        // Escapes in a reordered text are read as JSON reads them.
+        let escaped = br#"{"text":"\u0037 99 ","type":"message"}"#;
+        assert_eq!(classify(escaped), delivery);
     }
 }

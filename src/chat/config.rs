@@ -39,14 +39,36 @@ pub struct ServerConfig {
     pub sync: SyncMode,
 }
 
+/// How many public messages are sent on join: the default N of the
+/// protocol, enough to pick up a conversation in progress.
+pub const DEFAULT_HISTORY: usize = 100;
+
+/// The longest chat text, in characters: the protocol's default, a long
+/// paragraph but not a pasted file.
+pub const DEFAULT_MAX_TEXT_CHARS: usize = 4000;
+
+/// The most messages a resume sends: a few screens of scrollback; a client
+/// that missed more pages back with `history`.
+pub const DEFAULT_MAX_RESUME: usize = 1000;
+
+/// How long a client has from the upgrade to a successful `join`: the
+/// protocol's default, ample for a person typing a name, short enough that
+/// connections that never join do not pile up.
+pub const DEFAULT_JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The defaults of the chat's settings, the one place they are written:
+/// `mioserver`'s flags take theirs from here (a test checks its `--help`),
+/// and so does the room's own `RoomConfig`.
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             net: LoopConfig::default(),
-            join_timeout: Duration::from_secs(10),
-            history: 100,
-            max_text_chars: 4000,
-            max_resume: 1000,
+            join_timeout: DEFAULT_JOIN_TIMEOUT,
+            history: DEFAULT_HISTORY,
+            max_text_chars: DEFAULT_MAX_TEXT_CHARS,
+            max_resume: DEFAULT_MAX_RESUME,
+            // The protocol's defaults: a person typing never comes near
+            // them, a script must pace itself.
             rate_limit: 10.0,
             rate_burst: 20,
             db: PathBuf::from(IN_MEMORY),

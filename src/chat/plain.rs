@@ -15,22 +15,18 @@
 //! error (name_taken): the name "Bob" is taken
 //! ```
 
-use crate::proto::command::{self, Command};
-use crate::proto::protocol::{Request, ServerMessage, Timestamp};
-
-/// The help for `/help`: the line client's command syntax.
-pub const HELP: &str = "\
-commands: text says it to everyone; dm NAME text (or DM, /dm, /msg) \
-sends a private message; /who lists who is online; /nick NAME changes \
-your name; /help shows this; /quit leaves";
+use crate::proto::command::{self, Outcome, HELP};
+use crate::proto::display::escape;
+use crate::proto::protocol::{ChatMessage, Request, ServerMessage, Timestamp};
 
 /// What one line from a plain-text client asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Line {
     /// A request for the room.
     Request(Request),
-    /// Something answered on the spot (help, usage), never sent to the room.
-    Reply(String),
+    /// Something answered on the spot (help, usage), never sent to the
+    /// room: one frame per line.
+    Reply(Vec<String>),
     /// The user wants to leave.
     Quit,
     /// A blank line: nothing to do.
@@ -39,7 +35,8 @@ pub enum Line {
 
 /// Understands one line: before the user has joined, it is the name
 /// (PROTOCOL.md: "that first frame is the name"); after, the line client's
-/// command syntax, parsed by the same [`command::parse`].
+/// command syntax, parsed and mapped by the same [`command`] functions.
+/// Plain-text clients send no `cid`, and page back from the newest message.
 pub fn interpret(joined: bool, line: &str) -> Line {
     if !joined {
         let name = line.trim();
@@ -52,22 +49,14 @@ pub fn interpret(joined: bool, line: &str) -> Line {
             epoch: None,
         });
     }
-    match command::parse(line) {
-        None => Line::Blank,
-        Some(Command::Say(text)) => Line::Request(Request::Say { text, cid: None }),
-        Some(Command::Dm { to, text }) => Line::Request(Request::Dm {
-            to,
-            text,
-            cid: None,
-        }),
-        Some(Command::Who) => Line::Request(Request::Who),
-        Some(Command::Nick(name)) => Line::Request(Request::Nick { name }),
-        Some(Command::Help) => Line::Reply(HELP.to_owned()),
-        Some(Command::Quit) => Line::Quit,
-        Some(Command::Usage(usage)) => Line::Reply(usage.to_owned()),
-        Some(Command::Unknown(word)) => {
-            Line::Reply(format!("unknown command {word} (/help lists them)"))
-        }
+    let Some(command) = command::parse(line) else {
+        return Line::Blank;
+    };
+    match command.into_outcome(None, None) {
+        Outcome::Send(request) => Line::Request(request),
+        Outcome::Help => Line::Reply(HELP.lines().map(str::to_owned).collect()),
+        Outcome::Quit => Line::Quit,
+        Outcome::Refused(why) => Line::Reply(vec![escape(&why).into_owned()]),
     }
 }
 
@@ -76,7 +65,14 @@ fn clock(ts: &Timestamp) -> String {
     ts.0.format("[%H:%M:%S]").to_string()
 }
 
+/// `[HH:MM:SS] Dave: hello`, the text escaped (see [`escape`]).
+fn said(m: &ChatMessage) -> String {
+    format!("{} {}: {}", clock(&m.ts), escape(&m.from), escape(&m.text))
+}
+
 /// The lines a plain-text client sees for one server message, in order.
+/// Everything a client chose (texts, names, and the refused input an error
+/// may quote) is escaped, so no line holds a control character.
 pub fn render(message: &ServerMessage) -> Vec<String> {
     match message {
         ServerMessage::Welcome {
@@ -85,10 +81,7 @@ pub fn render(message: &ServerMessage) -> Vec<String> {
             history,
             ..
         } => {
-            let mut lines: Vec<String> = history
-                .iter()
-                .map(|m| format!("{} {}: {}", clock(&m.ts), m.from, m.text))
-                .collect();
+            let mut lines: Vec<String> = history.iter().map(|m| said(m)).collect();
             let users = users.names();
             lines.push(format!(
                 "welcome, {name}! online ({}): {} (type /help for commands)",
@@ -97,14 +90,17 @@ pub fn render(message: &ServerMessage) -> Vec<String> {
             ));
             lines
         }
-        ServerMessage::Message(m) => vec![format!("{} {}: {}", clock(&m.ts), m.from, m.text)],
-        ServerMessage::History { messages } => messages
-            .iter()
-            .map(|m| format!("{} {}: {}", clock(&m.ts), m.from, m.text))
-            .collect(),
+        ServerMessage::Message(m) => vec![said(m)],
+        ServerMessage::History { messages } => messages.iter().map(|m| said(m)).collect(),
         ServerMessage::Dm {
             ts, from, to, text, ..
-        } => vec![format!("{} (dm) {from} -> {to}: {text}", clock(ts))],
+        } => vec![format!(
+            "{} (dm) {} -> {}: {}",
+            clock(ts),
+            escape(from),
+            escape(to),
+            escape(text)
+        )],
         ServerMessage::Joined { name, ts, online } => {
             vec![format!("{} * {name} joined ({online} online)", clock(ts))]
         }
@@ -118,7 +114,9 @@ pub fn render(message: &ServerMessage) -> Vec<String> {
             let users = users.names();
             vec![format!("online ({}): {}", users.len(), users.join(", "))]
         }
-        ServerMessage::Error { code, message, .. } => vec![format!("error ({code}): {message}")],
+        ServerMessage::Error { code, message, .. } => {
+            vec![format!("error ({code}): {}", escape(message))]
+        }
     }
 }
 
@@ -178,11 +176,21 @@ mod tests {
                 name: "David".into()
             })
         );
-        assert_eq!(interpret(true, "/help"), Line::Reply(HELP.into()));
+        let Line::Reply(help) = interpret(true, "/help") else {
+            panic!("/help is answered on the spot");
+        };
+        assert_eq!(help.join("\n"), HELP);
         assert_eq!(interpret(true, "/quit"), Line::Quit);
         assert_eq!(
             interpret(true, "/frobnicate"),
-            Line::Reply("unknown command /frobnicate (/help lists them)".into())
+            Line::Reply(vec!["unknown command /frobnicate (/help lists them)".into()])
+        );
+        assert_eq!(
+            interpret(true, "/history 5"),
+            Line::Request(Request::History {
+                before: None,
+                limit: 5
+            })
         );
         assert_eq!(interpret(true, ""), Line::Blank);
     }
@@ -266,5 +274,43 @@ mod tests {
                 "welcome, Eve! online (2): Dave, Eve (type /help for commands)"
             ]
         );
+    }
+
+    #[test]
+    fn no_line_holds_a_control_character() {
+        let ts = at("2026-11-25T08:00:00Z");
+        let hostile = Arc::new(ChatMessage {
+            id: 1,
+            ts,
+            from: "Dave".into(),
+            text: "two\nlines \x1b[2J\u{202e}".into(),
+            cid: None,
+        });
+        assert_eq!(
+            render(&ServerMessage::Message(Arc::clone(&hostile))),
+            [r"[08:00:00] Dave: two\nlines \u{1b}[2J\u{202e}"]
+        );
+        let dm = ServerMessage::Dm {
+            id: 2,
+            ts,
+            from: "Dave".into(),
+            to: "Bob".into(),
+            text: "\x07bell".into(),
+            cid: None,
+        };
+        assert_eq!(render(&dm), [r"[08:00:00] (dm) Dave -> Bob: \u{7}bell"]);
+        let history = ServerMessage::History {
+            messages: vec![hostile],
+        };
+        let refused = interpret(true, "/\x1b[31m");
+        assert_eq!(
+            refused,
+            Line::Reply(vec![
+                r"unknown command /\u{1b}[31m (/help lists them)".into()
+            ])
+        );
+        for line in render(&history).iter().chain(render(&dm).iter()) {
+            assert!(!line.chars().any(char::is_control), "{line:?}");
+        }
     }
 }

@@ -10,6 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use crate::chat::config::{DEFAULT_HISTORY, DEFAULT_MAX_RESUME, DEFAULT_MAX_TEXT_CHARS};
 use crate::proto::protocol::{
     self, name_key, validate_name, ChatMessage, Cid, ErrorCode, Request, ServerMessage, Timestamp,
     UserArray, UserList,
@@ -17,19 +18,6 @@ use crate::proto::protocol::{
 
 /// The connection's key, chosen by the server; the room never interprets it.
 pub type UserId = usize;
-
-/// How many public messages are kept for newcomers: the default N of
-/// `PROTOCOL.md`, enough to pick up a conversation in progress.
-const DEFAULT_HISTORY_LEN: usize = 100;
-
-/// The longest chat text, in characters: the default of `PROTOCOL.md`, a
-/// long paragraph but not a pasted file.
-const DEFAULT_MAX_TEXT_CHARS: usize = 4000;
-
-/// The most messages a resume sends: the default of `--max-resume`, a few
-/// screens of scrollback; a client that missed more pages back with
-/// `history`.
-const DEFAULT_MAX_RESUME: usize = 1000;
 
 /// How many accepted `cid`s the room remembers, for public messages and
 /// DMs each. A client resends what it has no acknowledgement for as soon
@@ -54,7 +42,7 @@ pub struct RoomConfig {
 impl Default for RoomConfig {
     fn default() -> Self {
         RoomConfig {
-            history_len: DEFAULT_HISTORY_LEN,
+            history_len: DEFAULT_HISTORY,
             max_text_chars: DEFAULT_MAX_TEXT_CHARS,
             max_resume: DEFAULT_MAX_RESUME,
         }

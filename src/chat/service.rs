@@ -319,8 +319,10 @@ impl Chat {
         }
         match plain::interpret(joined, text) {
             Line::Request(request) => Some(request),
-            Line::Reply(reply) => {
-                out.send_text(conn, &reply);
+            Line::Reply(lines) => {
+                for line in lines {
+                    out.send_text(conn, &line);
+                }
                 None
             }
             Line::Quit => {
@@ -372,8 +374,18 @@ impl Service for Chat {
         if let Some(request) = self.understand(conn, text, out) {
             self.metrics.received(&request);
             query = self.publisher.query(&self.room, &request);
+            // A rename is logged like a join or a leave; the old name is
+            // copied only for a `nick`, never on the hot path of a `say`.
+            let renaming = matches!(request, Request::Nick { .. })
+                .then(|| self.room.name(conn).map(str::to_owned))
+                .flatten();
             self.room
                 .handle(conn, request, Timestamp::now(), &mut self.deliveries);
+            if let (Some(old), Some(new)) = (renaming, self.room.name(conn)) {
+                if old != new {
+                    log::info!("{peer} renamed {old} to {new}");
+                }
+            }
         }
         if !was_joined {
             // The newcomer hears broadcasts once its welcome is sent (the

@@ -28,6 +28,13 @@ pub const NAME_QUESTION: &str = "What's your name? (letters, digits, '_', '-' or
 /// Lines of history kept between runs: weeks of chatting, a small file.
 const HISTORY_LINES: usize = 1000;
 
+/// What the line client adds to the commands' help: its keys, and what it
+/// does to a text before sending it.
+pub const KEYS_HELP: &str = "\
+:smile:           becomes an emoji in what you say
+Tab               completes names and /commands
+Ctrl-D            leaves, like /quit; Ctrl-C clears the line";
+
 /// What the input thread tells the coordinator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
@@ -49,7 +56,8 @@ pub fn editor(
         .history_ignore_dups(true)?
         // Like a shell: a line typed with a leading space is not kept.
         .history_ignore_space(true)
-        .auto_add_history(true)
+        // Lines are added one by one, so that DMs can be left out.
+        .auto_add_history(false)
         // List the names on a second Tab, like a shell, rather than cycle.
         .completion_type(CompletionType::List)
         .build();
@@ -79,10 +87,13 @@ pub fn ask_name(editor: &mut Editor<ChatHelper, DefaultHistory>) -> Option<Strin
 }
 
 /// Reads lines with `editor` on a thread of its own until Ctrl-D or
-/// `/quit`, then saves the history to `history_file`.
+/// `/quit`, then appends the lines typed to `history_file`. DMs are kept
+/// out of it unless `keep_dms`: the file is plain text, and a private
+/// message should not outlive the conversation on disk.
 pub fn spawn_editor(
     mut editor: Editor<ChatHelper, DefaultHistory>,
     history_file: Option<PathBuf>,
+    keep_dms: bool,
     lines: Sender<Input>,
 ) {
     spawn(move || {
@@ -92,7 +103,12 @@ pub fn spawn_editor(
                 // and all: each of its lines is a message of its own.
                 Ok(pasted) => {
                     for line in pasted.lines() {
-                        if is_quit(line) {
+                        let parsed = command::parse(line);
+                        if keep_dms || !matches!(parsed, Some(Command::Dm { .. })) {
+                            // Refused entries (blank, duplicate) are no error.
+                            let _ = editor.add_history_entry(line);
+                        }
+                        if parsed == Some(Command::Quit) {
                             break 'read Input::Line(line.to_owned());
                         }
                         if lines.send(Input::Line(line.to_owned())).is_err() {
@@ -148,7 +164,10 @@ fn is_quit(line: &str) -> bool {
     command::parse(line) == Some(Command::Quit)
 }
 
-/// Writes the history file, creating its directory on the first run.
+/// Adds this run's lines to the history file, creating its directory on
+/// the first run. Appending (under rustyline's file lock) rather than
+/// writing the whole file keeps the lines of other clients of the same
+/// user that ran meanwhile.
 fn save_history(
     editor: &mut Editor<ChatHelper, DefaultHistory>,
     path: &Path,
@@ -156,7 +175,7 @@ fn save_history(
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    editor.save_history(path)
+    editor.append_history(path)
 }
 
 /// Starts the input thread.

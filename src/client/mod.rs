@@ -15,10 +15,12 @@
 //!   prints through rustyline's `ExternalPrinter`, which shows a line
 //!   above the prompt and redraws the half-typed line intact.
 //!
-//! Parsing commands (`crate::proto::command`, shared with the server's plain-text
-//! mode), expanding `:shortcodes:` (`shortcode.rs`), rendering
-//! (`render.rs`) and completing (`complete.rs`) are pure and unit-tested;
-//! requests are the server's own `protocol::Request`, serialized.
+//! Parsing commands and turning them into requests
+//! (`crate::proto::command`, shared with the server's plain-text mode),
+//! expanding `:shortcodes:` (`shortcode.rs`), rendering (`render.rs`) and
+//! completing (`complete.rs`) are pure and unit-tested; requests are the
+//! server's own `protocol::Request`, serialized. `docs/client.md` explains
+//! the threads, the socket and exactly-once sending in more detail.
 //!
 //! # Output
 //!
@@ -34,12 +36,18 @@
 //! * 2 online: Alice, Dave              the answer to /who, sorted
 //! --- 2 online: Alice, Dave ---        after the history, on joining
 //! --- Wednesday 25 November 2026 ---   before a message of another day
-//! * reconnected                        before the missed messages
+//! * reconnected (missed 2 messages)    before the missed messages
+//! * reconnected, but some history could not be recovered: ...
+//! --- 3 older messages ---             the answer to /history, then
+//! --- end of older messages ---        after its messages
 //! ! unknown_user: ...                  an error from the server
 //! ! connection lost: ...; reconnecting in 0.4 s
+//! ! cannot connect to ...; still trying       once, then once a minute:
+//! ! still cannot connect after 1 min (4 attempts); next try in 28.1 s
 //! ```
 //!
-//! Control characters in text are shown escaped (`\n`), so an event is
+//! Control characters in text are shown escaped (`\n`, by
+//! `crate::proto::display`, as in plain-text mode), so an event is
 //! always one line and nobody can send escape sequences to your terminal.
 //!
 //! # Piped use
@@ -49,10 +57,13 @@
 //! answered every line sent (with its echo, or an error). It needs
 //! `--name`. Like every line, piped ones are paced a little under the
 //! server's default rate limit (16 at once, then 8 a second), so a long
-//! input is slowed down rather than refused. The exit status is 0 when every line was delivered, 1 when
-//! any was refused by the server, not sent (an unknown `/command`), or
-//! lost with a connection, when the name is refused, or when the server
-//! cannot be reached; 2 for a usage error.
+//! input is slowed down rather than refused. A line whose connection was
+//! lost before its echo came is sent again after the reconnect, with the
+//! same `cid`, so it is posted once. The exit status is 0 when every line
+//! was delivered, 1 when any was refused by the server or not sent (an
+//! unknown `/command`), when the server stayed unreachable for two minutes
+//! with lines still unacknowledged, when the name is refused, or when the
+//! server cannot be reached at all; 2 for a usage error.
 
 mod complete;
 mod connection;
@@ -84,6 +95,8 @@ pub struct Options {
     pub history_file: Option<PathBuf>,
     /// `--ca-file`: a private certificate authority to trust for `wss://`.
     pub ca_file: Option<PathBuf>,
+    /// `--save-dms`: keep the DMs one types in the history file too.
+    pub save_dms: bool,
 }
 
 /// Runs the client until the user leaves.
@@ -152,7 +165,7 @@ pub fn run(options: Options) -> ExitCode {
     let (lines, input) = crossbeam_channel::unbounded();
     let printer: Box<dyn ExternalPrinter> = match terminal {
         Some((editor, printer)) => {
-            input::spawn_editor(editor, history_file, lines);
+            input::spawn_editor(editor, history_file, options.save_dms, lines);
             Box::new(printer)
         }
         None => {

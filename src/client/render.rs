@@ -6,6 +6,7 @@
 
 use chrono::{DateTime, NaiveDate, TimeZone};
 
+use crate::proto::display::escape;
 use crate::proto::protocol::{name_key, ChatMessage, ServerMessage, Timestamp};
 
 /// Colours for other people's names, picked by a hash of the name so one
@@ -60,8 +61,18 @@ where
             }
             ServerMessage::Message(message) => self.public(&mut lines, message, me),
             ServerMessage::History { messages } => {
-                for message in messages {
-                    self.public(&mut lines, message, me);
+                // A line client cannot print above what is on screen, so
+                // older messages come between two rules that say so.
+                if messages.is_empty() {
+                    lines.push(self.paint(FAINT, "--- no older messages ---"));
+                } else {
+                    let count = messages.len();
+                    let header = format!("--- {count} older message{} ---", plural(count));
+                    lines.push(self.paint(FAINT, &header));
+                    for message in messages {
+                        self.public(&mut lines, message, me);
+                    }
+                    lines.push(self.paint(FAINT, "--- end of older messages ---"));
                 }
             }
             ServerMessage::Dm {
@@ -81,7 +92,7 @@ where
             }
             ServerMessage::Users { users } => lines.push(self.notice(&self.online(&users.names()))),
             ServerMessage::Error { code, message, .. } => {
-                lines.push(self.alert(&format!("{code}: {}", clean(message))));
+                lines.push(self.alert(&format!("{code}: {}", escape(message))));
             }
         }
         lines
@@ -128,9 +139,9 @@ where
                 "[{time}] {} {from} -> {}: {}",
                 self.paint(DM, "(dm)"),
                 self.name(to, me),
-                clean(text)
+                escape(text)
             ),
-            None => format!("[{time}] {from}: {}", clean(text)),
+            None => format!("[{time}] {from}: {}", escape(text)),
         });
     }
 
@@ -138,13 +149,13 @@ where
     fn online(&self, users: &[String]) -> String {
         let mut users: Vec<&String> = users.iter().collect();
         users.sort_by_key(|name| name_key(name));
-        let names: Vec<String> = users.iter().map(|name| clean(name)).collect();
+        let names: Vec<_> = users.iter().map(|name| escape(name)).collect();
         format!("{} online: {}", users.len(), names.join(", "))
     }
 
     /// A name, bold when it is one's own, else in its own colour.
     fn name(&self, name: &str, me: &str) -> String {
-        let shown = clean(name);
+        let shown = escape(name);
         if name_key(name) == name_key(me) {
             self.paint(OWN, &shown)
         } else {
@@ -163,6 +174,15 @@ where
     }
 }
 
+/// The `s` of a plural, for `count` things.
+fn plural(count: usize) -> &'static str {
+    if count == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
 /// The colour of a name: a stable hash (FNV-1a, the same on every run and
 /// every machine, unlike std's seeded hasher) of its unique form.
 fn name_color(name: &str) -> &'static str {
@@ -172,21 +192,6 @@ fn name_color(name: &str) -> &'static str {
             (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
         });
     NAME_COLORS[(hash % NAME_COLORS.len() as u64) as usize]
-}
-
-/// Text from the network made safe to print: control characters (newlines,
-/// escape sequences that could move the cursor or recolour the terminal)
-/// are shown escaped, so every event stays on one line.
-fn clean(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_debug().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -277,6 +282,28 @@ mod tests {
         for (message, line) in cases {
             assert_eq!(r.server_message(&message, "Carol"), [line]);
         }
+    }
+
+    #[test]
+    fn older_messages_come_between_rules() {
+        let mut r = renderer(false);
+        let page = ServerMessage::History {
+            messages: vec![said(1, "Alice", "old"), said(2, "Bob", "older")],
+        };
+        assert_eq!(
+            r.server_message(&page, "Bob"),
+            [
+                "--- 2 older messages ---",
+                "[08:05] Alice: old",
+                "[08:05] Bob: older",
+                "--- end of older messages ---"
+            ]
+        );
+        let empty = ServerMessage::History { messages: vec![] };
+        assert_eq!(
+            r.server_message(&empty, "Bob"),
+            ["--- no older messages ---"]
+        );
     }
 
     #[test]

@@ -1,21 +1,28 @@
-//! What a typed line means: a public message, a DM, or a `/command`.
+//! What a typed line means, and what it asks of the server: the one
+//! mapping from a line to a [`Request`], used by the line client and by the
+//! server's plain-text mode alike.
 //!
-//! Parsing is pure so that every spelling the client accepts is pinned down
-//! by a unit test. The syntax is the one `PROTOCOL.md` gives for plain-text
-//! mode, so a user can move between `lineclient` and `websocat` without
-//! learning anything new.
+//! Parsing is pure so that every spelling is pinned down by a unit test. The
+//! syntax is the one `docs/protocol.md` gives for plain-text mode, so a user
+//! can move between `lineclient` and `websocat` without learning anything
+//! new.
+
+use crate::proto::protocol::{Cid, Request, DEFAULT_HISTORY_PAGE, MAX_HISTORY_PAGE};
 
 /// The slash commands, for `/help` and for Tab completion.
-pub const COMMANDS: [&str; 6] = ["/dm", "/msg", "/who", "/nick", "/help", "/quit"];
+pub const COMMANDS: [&str; 7] = ["/dm", "/msg", "/who", "/nick", "/history", "/help", "/quit"];
 
-/// The text `/help` prints, one entry a line.
+/// The text `/help` shows, one command a line: the same in the line client
+/// and in plain-text mode (the client adds its keys, see `client`).
 pub const HELP: &str = "\
-text              say text to everyone (:smile: becomes an emoji)
+commands:
+text              say text to everyone
 dm NAME text      a private message (also DM, /dm and /msg)
 /who              who is online
 /nick NAME        change your name
+/history [N]      show N older messages (default 100, at most 1000)
 /help             this help
-/quit             leave (so does Ctrl-D; Ctrl-C clears the line)
+/quit             leave
 //text            say text that starts with a slash";
 
 /// One typed line, understood.
@@ -29,6 +36,8 @@ pub enum Command {
     Who,
     /// Change one's name.
     Nick(String),
+    /// Ask for this many messages older than the oldest one shown.
+    History(usize),
     /// Show the help.
     Help,
     /// Leave.
@@ -39,6 +48,57 @@ pub enum Command {
     /// A `/word` that is no command. Answered locally, never sent, so a
     /// mistyped command never becomes a public message.
     Unknown(String),
+}
+
+/// What a command comes to once the context is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A request to send to the server.
+    Send(Request),
+    /// Show [`HELP`].
+    Help,
+    /// Leave.
+    Quit,
+    /// Answered where it was typed, never sent: the sentence says why
+    /// (a usage, an unknown command).
+    Refused(String),
+}
+
+impl Command {
+    /// The command with the text of a `Say` or `Dm` passed through
+    /// `rewrite`: the line client expands `:shortcodes:` this way, before
+    /// the one mapping of [`into_outcome`](Self::into_outcome).
+    pub fn map_text(self, rewrite: impl FnOnce(&str) -> String) -> Command {
+        match self {
+            Command::Say(text) => Command::Say(rewrite(&text)),
+            Command::Dm { to, text } => Command::Dm {
+                to,
+                text: rewrite(&text),
+            },
+            other => other,
+        }
+    }
+
+    /// What the command asks for: `cid` goes on a `say` or `dm` (the
+    /// client's id for it; plain-text mode gives none), and `before` on a
+    /// `history` (the oldest id the user has seen; `None` pages back from
+    /// the newest message).
+    pub fn into_outcome(self, cid: Option<Cid>, before: Option<u64>) -> Outcome {
+        let request = match self {
+            Command::Say(text) => Request::Say { text, cid },
+            Command::Dm { to, text } => Request::Dm { to, text, cid },
+            Command::Who => Request::Who,
+            Command::Nick(name) => Request::Nick { name },
+            Command::History(limit) => Request::History { before, limit },
+            Command::Help => return Outcome::Help,
+            Command::Quit => return Outcome::Quit,
+            Command::Usage(usage) => return Outcome::Refused(usage.to_owned()),
+            Command::Unknown(word) => {
+                return Outcome::Refused(format!("unknown command {word} (/help lists them)"))
+            }
+        };
+        Outcome::Send(request)
+    }
 }
 
 /// Understands one line. A blank line means nothing and gives `None`.
@@ -63,6 +123,7 @@ pub fn parse(line: &str) -> Option<Command> {
                 (name, "") if !name.is_empty() => Command::Nick(name.to_owned()),
                 _ => Command::Usage("usage: /nick NAME"),
             },
+            "/history" => history(rest),
             "/help" => Command::Help,
             "/quit" => Command::Quit,
             _ => Command::Unknown(word.to_owned()),
@@ -80,6 +141,17 @@ fn dm(rest: &str) -> Command {
             text: text.to_owned(),
         },
         _ => Command::Usage("usage: dm NAME text (or /dm, /msg)"),
+    }
+}
+
+/// The `[N]` part of `/history`.
+fn history(rest: &str) -> Command {
+    if rest.is_empty() {
+        return Command::History(DEFAULT_HISTORY_PAGE);
+    }
+    match rest.parse::<usize>() {
+        Ok(limit) if (1..=MAX_HISTORY_PAGE).contains(&limit) => Command::History(limit),
+        _ => Command::Usage("usage: /history [N], N from 1 to 1000"),
     }
 }
 
@@ -170,9 +242,91 @@ mod tests {
     }
 
     #[test]
+    fn history_takes_an_optional_count() {
+        assert_eq!(
+            parse("/history"),
+            Some(Command::History(DEFAULT_HISTORY_PAGE))
+        );
+        assert_eq!(parse("/history 5"), Some(Command::History(5)));
+        for line in ["/history 0", "/history -1", "/history x", "/history 1001"] {
+            assert!(matches!(parse(line), Some(Command::Usage(_))), "{line}");
+        }
+    }
+
+    #[test]
+    fn one_mapping_from_commands_to_requests() {
+        let cid = Cid::new("c1");
+        let outcome = |line: &str| parse(line).unwrap().into_outcome(cid.clone(), Some(42));
+        assert_eq!(
+            outcome("hi"),
+            Outcome::Send(Request::Say {
+                text: "hi".into(),
+                cid: cid.clone()
+            })
+        );
+        assert_eq!(
+            outcome("dm Bob psst"),
+            Outcome::Send(Request::Dm {
+                to: "Bob".into(),
+                text: "psst".into(),
+                cid: cid.clone()
+            })
+        );
+        assert_eq!(outcome("/who"), Outcome::Send(Request::Who));
+        assert_eq!(
+            outcome("/nick Zed"),
+            Outcome::Send(Request::Nick { name: "Zed".into() })
+        );
+        assert_eq!(
+            outcome("/history 7"),
+            Outcome::Send(Request::History {
+                before: Some(42),
+                limit: 7
+            })
+        );
+        assert_eq!(outcome("/help"), Outcome::Help);
+        assert_eq!(outcome("/quit"), Outcome::Quit);
+        assert_eq!(
+            outcome("/nick"),
+            Outcome::Refused("usage: /nick NAME".into())
+        );
+        assert_eq!(
+            outcome("/frob"),
+            Outcome::Refused("unknown command /frob (/help lists them)".into())
+        );
+    }
+
+    #[test]
+    fn only_the_texts_of_messages_are_rewritten() {
+        let shout = |text: &str| text.to_uppercase();
+        assert_eq!(
+            parse("hi").unwrap().map_text(shout),
+            Command::Say("HI".into())
+        );
+        assert_eq!(
+            parse("dm bob hi").unwrap().map_text(shout),
+            Command::Dm {
+                to: "bob".into(),
+                text: "HI".into()
+            }
+        );
+        assert_eq!(
+            parse("/nick bob").unwrap().map_text(shout),
+            Command::Nick("bob".into())
+        );
+    }
+
+    #[test]
     fn the_help_lists_every_command() {
         for command in COMMANDS {
             assert!(HELP.contains(command), "{command}");
         }
+        // The numbers written out in the texts are the protocol's.
+        let page = format!("default {DEFAULT_HISTORY_PAGE}, at most {MAX_HISTORY_PAGE}");
+        assert!(HELP.contains(&page));
+        let Some(Command::Usage(usage)) = parse("/history 0") else {
+            panic!("/history 0 is explained");
+        };
+        assert!(usage.ends_with(&format!("from 1 to {MAX_HISTORY_PAGE}")));
     }
 }
