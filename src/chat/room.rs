@@ -433,13 +433,21 @@ impl Room {
         now: Timestamp,
         out: &mut Vec<Delivery>,
     ) -> Result<(), ServerMessage> {
-        if let Some(stored) = cid.as_ref().and_then(|cid| self.dms.get(cid)) {
-            out.push(Delivery {
-                to: Audience::One(user),
-                message: stored.clone(),
-            });
-            return Ok(());
+        // A DM is private: a resent `cid` is answered with the stored DM
+        // only when its sender asks, never to someone who guessed or
+        // reused the `cid` (for them it is a new DM, not remembered).
+        let sender_key = name_key(&self.names[&user]);
+        let stored = cid.as_ref().and_then(|cid| self.dms.get(cid));
+        if let Some(stored @ ServerMessage::Dm { from, .. }) = stored {
+            if name_key(from) == sender_key {
+                out.push(Delivery {
+                    to: Audience::One(user),
+                    message: stored.clone(),
+                });
+                return Ok(());
+            }
         }
+        let remember = stored.is_none();
         self.check_text(&text)?;
         let Some(&recipient) = self.by_key.get(&name_key(to)) else {
             return Err(ServerMessage::error(
@@ -455,7 +463,7 @@ impl Room {
             text,
             cid: cid.clone(),
         };
-        if let Some(cid) = cid {
+        if let Some(cid) = cid.filter(|_| remember) {
             self.dms.insert(cid, message.clone());
         }
         out.push(Delivery {
@@ -1310,6 +1318,25 @@ mod tests {
                 to: One(ALICE),
                 message: sent[0].message.clone(),
             }]
+        );
+        // Someone else with the same cid never sees Alice's DM: theirs is
+        // a DM of its own.
+        let reused = Request::Dm {
+            to: "alice".into(),
+            text: "mine".into(),
+            cid: Cid::new("d-1"),
+        };
+        match &run(&mut room, BOB, reused, at(5))[..] {
+            [Delivery {
+                to: Pair(BOB, ALICE),
+                message: ServerMessage::Dm { from, text, .. },
+            }] => assert_eq!((from.as_str(), text.as_str()), ("bob", "mine")),
+            other => panic!("expected Bob's own DM, got {other:?}"),
+        }
+        // And Alice's resend still finds hers.
+        assert_eq!(
+            run(&mut room, ALICE, dm_once(), at(6))[0].message,
+            sent[0].message
         );
     }
 
