@@ -65,7 +65,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-RUST_LOG=warn "${pin[@]}" "$bin/mioserver" "127.0.0.1:$port" --rate-limit 0 \
+RUST_LOG=warn "${pin[@]}" "$bin/mioserver" "127.0.0.1:$port" --rate-limit 0 --db :memory: \
     2>"$out/mioserver.log" &
 server_pid=$!
 for _ in $(seq 50); do

@@ -1,4 +1,4 @@
-//! The wire protocol of `../shared/PROTOCOL.md`: the messages clients send,
+//! The wire protocol of `docs/protocol.md`: the messages clients send,
 //! the messages the server answers with, and the rules for names and text.
 //!
 //! Both the server and the line client use these types, so the two can never
