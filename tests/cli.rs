@@ -158,6 +158,7 @@ fn bad_numbers_are_refused_in_plain_words() {
 fn the_server_listens_on_a_host_name_given_in_the_environment_and_logs_who_comes_and_goes() {
     let mut server = Command::new(env!("CARGO_BIN_EXE_mioserver"))
         .env("MIOCHAT_ADDR", "localhost:0")
+        .env("MIOCHAT_DB", ":memory:")
         .env("MIOCHAT_LOG_LEVEL", "info")
         .stderr(Stdio::piped())
         .spawn()

@@ -312,7 +312,7 @@ struct Process {
 impl Process {
     fn start(pki: &Pki) -> Process {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mioserver"))
-            .arg("127.0.0.1:0")
+            .args(["127.0.0.1:0", "--db", ":memory:"])
             .arg("--tls-cert")
             .arg(&pki.cert)
             .arg("--tls-key")
