@@ -219,9 +219,9 @@ impl Run<'_> {
                     assert!(!self.app.opened, "Opened twice");
                     self.app.opened = true;
                 }
-                Input::HttpGet(path) => {
+                Input::HttpGet(request) => {
                     assert!(!self.app.opened, "an HTTP request on an open WebSocket");
-                    let body = format!("no {path} here\n");
+                    let body = format!("no {} here\n", request.path);
                     let response = http::response(404, "", "text/plain", body.as_bytes());
                     self.conn.respond(&response, self.now);
                 }

@@ -3,8 +3,9 @@
 //! It glues the transport to the room: parses each text frame, applies the
 //! per-connection rate limit, hands requests to the [`Room`], and turns the
 //! room's deliveries into frames, each serialized and framed once however
-//! many clients receive it. It also answers `GET /healthz` and writes the
-//! server's log lines (never a DM's text).
+//! many clients receive it. It also answers `GET /healthz`, hands the web
+//! page's paths to `web/`, and writes the server's log lines (never a
+//! DM's text).
 //!
 //! A connection speaks JSON unless its first text frame is not a JSON
 //! object: then it is in plain-text mode for good (`plain.rs`), and gets
@@ -19,6 +20,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use crate::chat::config::ServerConfig;
 use crate::chat::plain::{self, Line};
 use crate::chat::room::{Audience, Delivery, Room, RoomConfig};
+use crate::chat::web;
 use crate::evloop::http;
 use crate::evloop::outqueue::{Channel, FrameRef};
 use crate::evloop::server::{ConnId, Outbox, ServerHandle, Service};
@@ -325,6 +327,9 @@ impl Service for Chat {
     }
 
     fn http_get(&mut self, path: &str) -> Vec<u8> {
+        if let Some(response) = web::answer(path) {
+            return response;
+        }
         if path == "/healthz" || path.starts_with("/healthz?") {
             let body = format!(r#"{{"status":"ok","online":{}}}"#, self.room.online());
             return http::response(200, "", "application/json", body.as_bytes());

@@ -95,6 +95,8 @@ pub trait Service {
 
     /// A plain HTTP `GET` (not an upgrade) for `path`; returns the complete
     /// response, see [`crate::evloop::http::response`]. The connection closes after it.
+    /// The loop derives the answers to `HEAD` and to a matching
+    /// `If-None-Match` from it ([`crate::evloop::http::GetRequest::finish`]).
     fn http_get(&mut self, path: &str) -> Vec<u8>;
 }
 
@@ -541,8 +543,8 @@ impl<S: Service> Server<S> {
                 Input::Opened => self.service.opened(key, peer, &mut out),
                 Input::Text(text) => self.service.text(key, text, &mut out),
                 Input::Binary(data) => self.service.binary(key, data, &mut out),
-                Input::HttpGet(path) => {
-                    let response = self.service.http_get(&path);
+                Input::HttpGet(request) => {
+                    let response = request.finish(self.service.http_get(&request.path));
                     self.conns[key].respond(&response, now);
                 }
             }
