@@ -354,6 +354,8 @@
   function endOfHistory() {
     state.noOlder = true;
     const el = line('note start', [span('text', 'This is the start of the chat.')]);
+    // Of no day: the first message after it still gets its day separator.
+    delete el.dataset.day;
     ui.log.prepend(el);
   }
 
