@@ -254,7 +254,7 @@ fn after_a_server_restart_the_page_resumes_and_sends_what_was_typed_exactly_once
     alice.type_line("Message", "before");
     bob.wait_for_message("Alice", "before");
 
-    kill(server);
+    drop(server);
     for page in [&alice, &bob] {
         page.wait_for(
             "the reconnecting state",
@@ -287,7 +287,7 @@ fn after_a_server_restart_the_page_resumes_and_sends_what_was_typed_exactly_once
         );
     }
     drop((alice, bob));
-    kill(server);
+    drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -332,9 +332,20 @@ fn on_a_phone_nothing_scrolls_sideways_and_the_message_field_is_in_view() {
 
 // ---- The real server, for the restart ---------------------------------
 
+/// A server process, ended like a crash (SIGKILL) when dropped, also when
+/// a test fails.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `mioserver` on `addr` with `dir` as its working directory (so
 /// whatever it writes stays there); returns it and its address.
-fn spawn_server(dir: &Path, addr: SocketAddr) -> (Child, SocketAddr) {
+fn spawn_server(dir: &Path, addr: SocketAddr) -> (Server, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_mioserver"))
         .arg(addr.to_string())
         .current_dir(dir)
@@ -346,13 +357,8 @@ fn spawn_server(dir: &Path, addr: SocketAddr) -> (Child, SocketAddr) {
         let rest = line.split("listening on ws://").nth(1)?;
         rest.split('/').next()?.parse().ok()
     });
-    (child, address.expect("mioserver logs its address"))
-}
-
-/// Ends a server like a crash: SIGKILL.
-fn kill(mut server: Child) {
-    server.kill().unwrap();
-    server.wait().unwrap();
+    let server = Server(child);
+    (server, address.expect("mioserver logs its address"))
 }
 
 /// Reads `output` line by line on a thread (which keeps draining it) until

@@ -291,6 +291,7 @@
       if (state.me) ui.name.value = state.me;
       state.me = null;
       showJoin(true);
+      setStatus('connected: choose a name', 'idle');
       ui.nameHelp.textContent = msg.code === 'name_taken'
         ? `“${ui.name.value.trim()}” is taken: choose another name.`
         : `That name cannot be used: ${NAME_RULES}.`;
