@@ -303,8 +303,9 @@ fn bad_requests_get_their_http_status() {
             text.replace("GET", "POST").into_bytes()
         }),
         (
+            // `/` would be the web page: another path is for WebSockets only.
             "no Upgrade header",
-            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            b"GET /chat HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
         ),
         ("100 KB of headers", {
             let mut request = b"GET / HTTP/1.1\r\n".to_vec();

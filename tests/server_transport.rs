@@ -188,9 +188,10 @@ fn healthz_is_json_counting_joined_users_only() {
 }
 
 #[test]
-fn a_plain_get_is_426_upgrade_required() {
+fn a_plain_get_of_a_path_that_is_no_page_is_426_upgrade_required() {
+    // `/` is the web page (tests/web.rs); any other path is for WebSockets.
     let server = start(config());
-    let response = http(server.addr(), "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let response = http(server.addr(), "GET /chat HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(response.status, 426);
     stop(server, []);
 }

@@ -162,7 +162,7 @@ impl Write for FakeSocket<'_> {
 }
 
 impl Socket for FakeSocket<'_> {
-    fn shutdown_write(&self) -> io::Result<()> {
+    fn shutdown_write(&mut self) -> io::Result<()> {
         assert!(!self.shut.replace(true), "shutdown_write called twice");
         if self.shutdown_fails {
             return Err(io::ErrorKind::NotConnected.into());
@@ -227,9 +227,9 @@ impl<'a> ReadHost<FakeSocket<'a>> for Reader<'_, 'a, '_> {
                 run.app.opened = true;
                 run.conn.set_timer(Some(run.now + JOIN_TIMEOUT));
             }
-            Input::HttpGet(path) => {
+            Input::HttpGet(request) => {
                 assert!(!run.app.opened, "an HTTP request on an open WebSocket");
-                let body = format!("no {path} here\n");
+                let body = format!("no {} here\n", request.path);
                 let response = http::response(404, "", "text/plain", body.as_bytes());
                 run.conn.respond(&response, run.now);
             }

@@ -3,9 +3,9 @@
 //! It glues the transport to the room: parses each text frame, applies the
 //! per-connection rate limit, hands requests to the [`Room`], and turns the
 //! room's deliveries into frames, each serialized and framed once however
-//! many clients receive it. It also answers `GET /healthz`, counts for
-//! `GET /metrics` (`metrics.rs`) and writes the server's log lines (never
-//! a DM's text).
+//! many clients receive it. It also answers `GET /healthz`, hands the web
+//! page's paths to `web/`, counts for `GET /metrics` (`metrics.rs`) and
+//! writes the server's log lines (never a DM's text).
 //!
 //! Public messages are stored before they are shown: the room's output
 //! goes through the [`Publisher`], which holds it until the store (on its
@@ -33,6 +33,7 @@ use crate::chat::publish::{Publisher, Release};
 use crate::chat::room::{Audience, Delivery, Room, RoomConfig};
 use crate::chat::store::worker::{Job, Worker};
 use crate::chat::store::{self, Commit, StoreError, MAIN_ROOM, RESERVE_BLOCK};
+use crate::chat::web;
 use crate::evloop::handle::ServerHandle;
 use crate::evloop::http;
 use crate::evloop::outqueue::{Channel, FrameRef};
@@ -451,6 +452,9 @@ impl Service for Chat {
     }
 
     fn http_get(&mut self, path: &str) -> Vec<u8> {
+        if let Some(response) = web::answer(path) {
+            return response;
+        }
         if path == "/healthz" || path.starts_with("/healthz?") {
             let body = format!(r#"{{"status":"ok","online":{}}}"#, self.room.online());
             return http::response(200, "", "application/json", body.as_bytes());

@@ -28,7 +28,7 @@ use tungstenite::protocol::frame::{CloseFrame, Frame};
 use tungstenite::Bytes;
 
 use crate::evloop::config::LoopConfig;
-use crate::evloop::http::{self, Head};
+use crate::evloop::http::{self, GetRequest, Head};
 use crate::evloop::inbound::{Inbound, Next, Payload, ReadBuffer, INVALID_UTF8};
 use crate::evloop::outqueue::{Broadcast, Channel, FrameRef, OutQueue};
 
@@ -105,9 +105,9 @@ impl Phase {
 pub enum Input<'a> {
     /// The WebSocket upgrade completed: the application may greet the client.
     Opened,
-    /// A plain `GET` for this path: the caller must answer it with
+    /// A plain `GET` or `HEAD`: the caller must answer it with
     /// [`Connection::respond`], which closes the connection after the answer.
-    HttpGet(String),
+    HttpGet(GetRequest),
     /// A complete text message.
     Text(&'a str),
     /// A complete binary message.
@@ -369,7 +369,7 @@ impl<S: Socket> Connection<S> {
                 }
                 // The answer comes from the application, which must pass it
                 // to `respond` before reading again.
-                Ok(Some((Head::Get { path }, _))) => return Input::HttpGet(path),
+                Ok(Some((Head::Get(request), _))) => return Input::HttpGet(request),
                 Err(refusal) => {
                     log::debug!("{}: refused HTTP request: {}", self.peer, refusal.reason);
                     self.respond(&refusal.response(), now);

@@ -3,8 +3,10 @@
 //!
 //! The server parses the head itself (with `httparse`) instead of letting
 //! tungstenite do it, because not every request is an upgrade: `GET /healthz`
-//! is answered with JSON and other plain requests with `426`, and each
-//! refusal must name its own status code.
+//! is answered with JSON, `GET /` with the web page, and each refusal must
+//! name its own status code. What HTTP asks of every plain answer, whatever
+//! the application is (no body for `HEAD`, `304` for a matching
+//! `If-None-Match`), is done here, on the application's full answer.
 
 use tungstenite::handshake::derive_accept_key;
 
@@ -24,11 +26,60 @@ pub enum Head {
         /// The client's `Sec-WebSocket-Key`, from which the accept key is derived.
         key: String,
     },
-    /// A plain `GET` (no upgrade) for this path; the application answers it.
-    Get {
-        /// The request target, e.g. `/healthz`.
-        path: String,
-    },
+    /// A plain `GET` or `HEAD` (no upgrade); the application answers it.
+    Get(GetRequest),
+}
+
+/// A plain `GET` or `HEAD` request: what the application and
+/// [`GetRequest::finish`] need of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GetRequest {
+    /// The request target, e.g. `/healthz`.
+    pub path: String,
+    /// `HEAD`: the answer is the `GET` answer without its body.
+    pub head_only: bool,
+    /// The `If-None-Match` header: the entity tags the client has cached.
+    pub if_none_match: Option<String>,
+}
+
+impl GetRequest {
+    /// Fits the application's full `GET` answer to this request: `304 Not
+    /// Modified` when a `200` answer's `ETag` is one the client has, and no
+    /// body for `HEAD` or `304`. The headers stay as they are (RFC 9110
+    /// 9.3.2 and 15.4.5 ask for the same ones as the `200`).
+    pub fn finish(&self, mut response: Vec<u8>) -> Vec<u8> {
+        let Some(head_len) = memchr::memmem::find(&response, b"\r\n\r\n").map(|at| at + 4) else {
+            return response;
+        };
+        let head = String::from_utf8_lossy(&response[..head_len]).into_owned();
+        let not_modified = head.starts_with("HTTP/1.1 200 ")
+            && head
+                .split("\r\n")
+                .filter_map(|line| line.split_once(':'))
+                .find(|(name, _)| name.eq_ignore_ascii_case("ETag"))
+                .zip(self.if_none_match.as_deref())
+                .is_some_and(|((_, etag), cached)| etag_matches(cached, etag.trim()));
+        if not_modified {
+            let status_end = head.find("\r\n").unwrap_or(0);
+            let mut answer = b"HTTP/1.1 304 Not Modified".to_vec();
+            answer.extend_from_slice(&response[status_end..head_len]);
+            return answer;
+        }
+        if self.head_only {
+            response.truncate(head_len);
+        }
+        response
+    }
+}
+
+/// Whether an `If-None-Match` value names `etag`: `*`, or a list of tags
+/// compared weakly (RFC 9110 13.1.2: `W/` is ignored).
+fn etag_matches(if_none_match: &str, etag: &str) -> bool {
+    let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
+    if_none_match.trim() == "*"
+        || if_none_match
+            .split(',')
+            .any(|tag| opaque(tag) == opaque(etag))
 }
 
 /// A request head the server refuses, with the status it answers.
@@ -48,7 +99,7 @@ impl Refusal {
     /// The full response for this refusal; the connection closes after it.
     pub fn response(&self) -> Vec<u8> {
         let extra = match self.status {
-            405 => "Allow: GET\r\n",
+            405 => "Allow: GET, HEAD\r\n",
             // RFC 6455 4.4: tell the client which version we speak.
             426 => "Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n",
             _ => "",
@@ -84,9 +135,11 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, Refusal> {
     if len > MAX_HEAD_BYTES {
         return Err(Refusal::new(431, "request head too large"));
     }
-    if request.method != Some("GET") {
-        return Err(Refusal::new(405, "only GET is served here"));
-    }
+    let head_only = match request.method {
+        Some("GET") => false,
+        Some("HEAD") => true,
+        _ => return Err(Refusal::new(405, "only GET and HEAD are served here")),
+    };
     let path = request.path.unwrap_or("/").to_owned();
     let header = |name: &str| {
         request
@@ -98,7 +151,16 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, Refusal> {
     let wants_upgrade =
         header("Upgrade").is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
     if !wants_upgrade {
-        return Ok(Some((Head::Get { path }, len)));
+        let if_none_match = header("If-None-Match");
+        let request = GetRequest {
+            path,
+            head_only,
+            if_none_match,
+        };
+        return Ok(Some((Head::Get(request), len)));
+    }
+    if head_only {
+        return Err(Refusal::new(405, "an upgrade must be a GET"));
     }
     if request.version != Some(1) {
         return Err(Refusal::new(400, "WebSocket needs HTTP/1.1"));
@@ -151,6 +213,7 @@ pub fn response(status: u16, extra_headers: &str, content_type: &str, body: &[u8
 fn status_text(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        304 => "Not Modified",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
@@ -201,18 +264,52 @@ mod tests {
         assert_eq!(
             parse_head(request),
             Ok(Some((
-                Head::Get {
-                    path: "/healthz".into()
-                },
+                Head::Get(GetRequest {
+                    path: "/healthz".into(),
+                    head_only: false,
+                    if_none_match: None,
+                }),
                 request.len()
             )))
         );
+    }
+
+    /// The request of `head`, which is a plain GET or HEAD.
+    fn get_request(head: &str) -> GetRequest {
+        match parse_head(head.as_bytes()) {
+            Ok(Some((Head::Get(request), _))) => request,
+            other => panic!("not a plain request: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_cached_entity_tag_gets_304_and_head_gets_no_body() {
+        let page = response(200, "ETag: \"abc\"\r\n", "text/html", b"<p>hi</p>");
+        let head_len = page.len() - b"<p>hi</p>".len();
+        let cached = get_request("GET / HTTP/1.1\r\nIf-None-Match: \"x\", W/\"abc\"\r\n\r\n");
+        let text = String::from_utf8(cached.finish(page.clone())).unwrap();
+        assert!(text.starts_with("HTTP/1.1 304 Not Modified\r\nETag: \"abc\"\r\n"));
+        assert!(text.ends_with("Connection: close\r\n\r\n"), "{text}");
+        let star = get_request("GET / HTTP/1.1\r\nIf-None-Match: *\r\n\r\n");
+        assert!(star.finish(page.clone()).starts_with(b"HTTP/1.1 304 "));
+
+        let stale = get_request("GET / HTTP/1.1\r\nIf-None-Match: \"abd\"\r\n\r\n");
+        assert_eq!(stale.finish(page.clone()), page);
+        let plain = get_request("GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(plain.finish(page.clone()), page);
+        let head = get_request("HEAD / HTTP/1.1\r\n\r\n");
+        assert_eq!(head.finish(page.clone()), page[..head_len]);
+
+        // Only a 200 becomes a 304: an error keeps its status.
+        let refusal = response(404, "ETag: \"abc\"\r\n", "text/plain", b"no\n");
+        assert_eq!(cached.finish(refusal.clone()), refusal);
     }
 
     #[test]
     fn refuses_bad_requests_with_the_right_status() {
         let status = |request: &str| parse_head(request.as_bytes()).unwrap_err().status;
         assert_eq!(status(&UPGRADE.replace("GET", "POST")), 405);
+        assert_eq!(status(&UPGRADE.replace("GET", "HEAD")), 405);
         assert_eq!(status(&UPGRADE.replace("Version: 13", "Version: 8")), 426);
         assert_eq!(
             status(&UPGRADE.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "")),

@@ -190,13 +190,16 @@ impl<S: Service> ReadHost<Stream> for LoopReader<'_, S> {
 
     fn deliver(&mut self, input: Input<'_>) {
         let (key, now) = (self.key, self.now);
-        if let Input::HttpGet(path) = input {
-            let response = if path == metrics::PATH {
+        if let Input::HttpGet(request) = input {
+            let response = if request.path == metrics::PATH {
                 let open = self.slots.iter().map(|(_, slot)| &slot.conn);
                 self.metrics.response(open, self.service.metrics())
             } else {
-                self.service.http_get(&path)
+                self.service.http_get(&request.path)
             };
+            // HEAD and a matching If-None-Match are derived from the full
+            // answer, for every path.
+            let response = request.finish(response);
             self.slots[key].conn.respond(&response, now);
             return;
         }

@@ -49,7 +49,9 @@ pub trait Service {
 
     /// A plain HTTP `GET` (not an upgrade) for `path`; returns the complete
     /// response, see [`crate::evloop::http::response`]. The connection
-    /// closes after it.
+    /// closes after it. The loop derives the answers to `HEAD` and to a
+    /// matching `If-None-Match` from it
+    /// ([`crate::evloop::http::GetRequest::finish`]).
     fn http_get(&mut self, path: &str) -> Vec<u8>;
 
     /// The service's own numbers for `GET /metrics`, next to the loop's.
