@@ -135,7 +135,9 @@ load=(--duration "$duration" --warmup "$warmup")
 fanout=("${load[@]}" --clients "$fanout_clients" --senders "$senders" --rate "$rate")
 flood=("${load[@]}" --clients "$clients" --senders "$senders" --window 16)
 echo "load before the runs: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-echo "running (about $(((runs * 9 + 3) * (duration + warmup + 3) + 5 * (conns / 1000 + 6))) s)..." >&2
+# Each load run lasts its load, start-up and drain; a storm of N joins
+# takes N/500 s when the server announces them (N/1000 s at best).
+echo "running (about $(((runs * 9 + 3) * (duration + warmup + 4) + 4 * (conns / 500 + 4) + storm / 500 + 4)) s)..." >&2
 for i in $(seq "$runs"); do
     for server in "${servers[@]}"; do
         run "$server" fanout "$i" "${fanout[@]}"
@@ -153,7 +155,7 @@ for server in "${servers[@]}"; do
 done
 # A reconnect storm over TLS: every client makes a full handshake.
 run tls conns 1 --duration 2 --clients "$storm" --connect-rate 1000
-echo "load after the runs: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+echo "load after the runs: $(cut -d' ' -f1-3 /proc/loadavg); $SECONDS s in all" >&2
 
 # The median over the runs of SERVER SCENARIO of a jq FILTER on each
 # result (numbers only), rounded to DIGITS decimals; "-" without results.
