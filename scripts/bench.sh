@@ -7,7 +7,7 @@
 # and with --db :memory:; then once more durable over TLS (wss://, with a
 # certificate made for the run).
 #
-#   bash scripts/bench.sh           # quick: about six minutes
+#   bash scripts/bench.sh           # quick: about four minutes
 #   bash scripts/bench.sh --full    # longer runs, more clients
 #
 # Every server is started afresh for every run, so no run inherits
