@@ -1,22 +1,30 @@
 #!/usr/bin/env bash
 # Builds mioserver, the floor (examples/floor.rs) and the tokio baseline
 # (examples/tokio_baseline.rs), runs every chatbench scenario against each
-# with the server pinned to CPU 0 and chatbench to CPU 1, and prints one
-# table. See docs/performance.md for what the figures mean.
+# with the server pinned to CPU 0 and chatbench to CPU 1, and prints the
+# tables of docs/performance.md. mioserver runs twice over: durable (its
+# default: a SQLite file in this run's temporary directory, --sync full)
+# and with --db :memory:; then once more durable over TLS (wss://, with a
+# certificate made for the run).
 #
 #   bash scripts/bench.sh           # quick: about four minutes
 #   bash scripts/bench.sh --full    # longer runs, more clients
 #
-# Every server is started afresh for every scenario, so no run inherits
-# another's history, connections or memory. Raw results stay in
-# target/bench/*.json.
+# Every server is started afresh for every run, so no run inherits
+# another's history, connections or memory. fanout and flood run three
+# times, the servers taking turns, and the tables show medians. Raw
+# results stay in target/bench/ (*.json from chatbench, *.metrics from
+# mioserver's GET /metrics at the end of each run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Tools: taskset (util-linux) pins processes, jq reads chatbench's JSON.
+# Tools: taskset (util-linux) pins processes, jq reads chatbench's JSON,
+# curl scrapes /metrics, openssl makes the TLS certificates.
 missing=()
 command -v taskset >/dev/null || missing+=(util-linux)
 command -v jq >/dev/null || missing+=(jq)
+command -v curl >/dev/null || missing+=(curl)
+command -v openssl >/dev/null || missing+=(openssl)
 if ((${#missing[@]})); then
     apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
@@ -26,6 +34,9 @@ if [[ ${1:-} == --full ]]; then
 else
     duration=3 warmup=1 clients=100 fanout_clients=200 senders=10 rate=1000 dm_clients=100 dm_rate=10000 conns=10000
 fi
+# Alternating runs of fanout and flood (medians are reported), and the
+# TLS reconnect storm: 5 000 clients at 1 000/s.
+runs=3 storm=5000
 cpus=$(nproc)
 if ((cpus < 2)); then
     echo "bench.sh: needs two CPUs (one for the server, one for chatbench)" >&2
@@ -36,7 +47,27 @@ cargo build --release --quiet --bin mioserver --bin chatbench --example floor --
 bin=target/release
 out=target/bench
 mkdir -p "$out"
-rm -f "$out"/*.json
+rm -f "$out"/*.json "$out"/*.metrics "$out"/*.log
+
+# The durable server's database and the TLS files live in a temporary
+# directory on this machine's disk (not a tmpfs, where an fsync is free).
+tmp=$(mktemp -d)
+fstype=$(df --output=fstype "$tmp" | tail -1)
+if [[ $fstype == tmpfs ]]; then
+    rm -rf "$tmp"
+    tmp=$(mktemp -d "$PWD/$out/tmp.XXXXXX")
+    fstype=$(df --output=fstype "$tmp" | tail -1)
+fi
+
+# A test CA and a leaf for 127.0.0.1, both ECDSA P-256 (what a
+# certificate authority hands out today, and cheap to sign handshakes with).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj /CN=bench-ca -keyout "$tmp/ca.key" -out "$tmp/ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -subj /CN=127.0.0.1 -keyout "$tmp/key.pem" -out "$tmp/leaf.csr" 2>/dev/null
+openssl x509 -req -in "$tmp/leaf.csr" -CA "$tmp/ca.pem" -CAkey "$tmp/ca.key" \
+    -CAcreateserial -days 2 -out "$tmp/cert.pem" \
+    -extfile <(printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n') 2>/dev/null
 
 # Servers and chatbench may use every descriptor the hard limit allows.
 ulimit -n "$(ulimit -Hn)"
@@ -49,8 +80,14 @@ start_server() { # NAME
     port=$((port + 1))
     while listening; do port=$((port + 1)); done
     local addr=127.0.0.1:$port
+    # Each durable run starts with a new database.
+    rm -f "$tmp"/bench.db*
+    local durable=(--db "$tmp/bench.db" --sync full)
     case $1 in
-    mioserver) RUST_LOG=warn taskset -c 0 "$bin/mioserver" "$addr" --rate-limit 0 2>"$out/$1.log" & ;;
+    durable) RUST_LOG=warn taskset -c 0 "$bin/mioserver" "$addr" --rate-limit 0 "${durable[@]}" 2>"$out/$1.log" & ;;
+    memory) RUST_LOG=warn taskset -c 0 "$bin/mioserver" "$addr" --rate-limit 0 --db :memory: 2>"$out/$1.log" & ;;
+    tls) RUST_LOG=warn taskset -c 0 "$bin/mioserver" "$addr" --rate-limit 0 "${durable[@]}" \
+        --tls-cert "$tmp/cert.pem" --tls-key "$tmp/key.pem" 2>"$out/$1.log" & ;;
     floor) taskset -c 0 "$bin/examples/floor" "$addr" 2>"$out/$1.log" & ;;
     tokio) taskset -c 0 "$bin/examples/tokio_baseline" "$addr" 2>"$out/$1.log" & ;;
     esac
@@ -64,87 +101,175 @@ start_server() { # NAME
     return 1
 }
 stop_server() {
+    [[ -n $server_pid ]] || return 0
     kill -TERM "$server_pid" 2>/dev/null || true
     wait "$server_pid" 2>/dev/null || true
+    server_pid=
 }
-trap stop_server EXIT
+trap 'stop_server; rm -rf "$tmp"' EXIT
 
-run() { # SERVER SCENARIO CHATBENCH-ARGS...
-    local server=$1 scenario=$2
-    shift 2
+run() { # SERVER SCENARIO RUN CHATBENCH-ARGS...
+    local server=$1 scenario=$2 name=$1-$2-$3
+    shift 3
     start_server "$server" || return 0
-    echo "  $server $scenario" >&2
-    taskset -c 1 "$bin/chatbench" "$scenario" --url "ws://127.0.0.1:$port/" \
-        --server-pid "$server_pid" --json "$@" >"$out/$server-$scenario.json" ||
+    echo "  $name" >&2
+    local url=ws://127.0.0.1:$port/ tls=() scrape=http://127.0.0.1:$port/metrics
+    if [[ $server == tls ]]; then
+        url=wss://127.0.0.1:$port/ tls=(--ca-file "$tmp/ca.pem") scrape=https://127.0.0.1:$port/metrics
+    fi
+    taskset -c 1 "$bin/chatbench" "$scenario" --url "$url" "${tls[@]}" \
+        --server-pid "$server_pid" --json "$@" >"$out/$name.json" ||
         echo "bench.sh: chatbench $scenario against $server failed" >&2
+    # mioserver's own counts: the store's group commits and their latency.
+    case $server in
+    durable | memory | tls)
+        curl -sf --cacert "$tmp/ca.pem" "$scrape" >"$out/$name.metrics" ||
+            echo "bench.sh: cannot scrape $scrape" >&2
+        ;;
+    esac
     stop_server
 }
 
+servers=(durable memory floor tokio)
 load=(--duration "$duration" --warmup "$warmup")
-echo "running (about $((12 * (duration + warmup + 3))) s)..." >&2
-for server in mioserver floor tokio; do
-    run "$server" fanout "${load[@]}" --clients "$fanout_clients" --senders "$senders" --rate "$rate"
-    run "$server" flood "${load[@]}" --clients "$clients" --senders "$senders" --window 16
+fanout=("${load[@]}" --clients "$fanout_clients" --senders "$senders" --rate "$rate")
+flood=("${load[@]}" --clients "$clients" --senders "$senders" --window 16)
+echo "load before the runs: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+# Each load run lasts its load, start-up and drain; a storm of N joins
+# takes N/500 s when the server announces them (N/1000 s at best).
+echo "running (about $(((runs * 9 + 3) * (duration + warmup + 4) + 4 * (conns / 500 + 4) + storm / 500 + 4)) s)..." >&2
+for i in $(seq "$runs"); do
+    for server in "${servers[@]}"; do
+        run "$server" fanout "$i" "${fanout[@]}"
+        run "$server" flood "$i" "${flood[@]}"
+    done
+    run tls flood "$i" "${flood[@]}"
+done
+for server in "${servers[@]}"; do
     # The floor broadcasts everything and has no DMs: nothing to measure.
     if [[ $server != floor ]]; then
-        run "$server" dm "${load[@]}" --clients "$dm_clients" --rate "$dm_rate"
+        run "$server" dm 1 "${load[@]}" --clients "$dm_clients" --rate "$dm_rate"
     fi
     # A join storm: every join is announced to everyone already there.
-    run "$server" conns --duration 2 --clients "$conns" --connect-rate 1000
+    run "$server" conns 1 --duration 2 --clients "$conns" --connect-rate 1000
 done
+# A reconnect storm over TLS: every client makes a full handshake.
+run tls conns 1 --duration 2 --clients "$storm" --connect-rate 1000
+echo "load after the runs: $(cut -d' ' -f1-3 /proc/loadavg); $SECONDS s in all" >&2
 
-# One value from a result, or "-" when the run is missing.
-get() { # SERVER SCENARIO JQ-FILTER
-    local file=$out/$1-$2.json
-    if [[ -s $file ]]; then jq -r "$3" "$file"; else echo -; fi
+# The median over the runs of SERVER SCENARIO of a jq FILTER on each
+# result (numbers only), rounded to DIGITS decimals; "-" without results.
+median() { # SERVER SCENARIO JQ-FILTER DIGITS
+    local files=("$out/$1-$2"-*.json)
+    [[ -s ${files[0]} ]] || { echo -; return; }
+    jq -sr --argjson d "$4" "[.[] | ($3) | numbers] | sort |
+        if length == 0 then \"-\" else
+        (if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end)
+        | (. * pow(10; \$d) | round) / pow(10; \$d) end" "${files[@]}"
 }
-us_per_delivery='.server.cpu_us_per_delivery // "-" | if type == "number" then (. * 1000 | round / 1000) else . end'
+# Every run's value, for the noise.
+each() { # SERVER SCENARIO JQ-FILTER DIGITS
+    local files=("$out/$1-$2"-*.json)
+    [[ -s ${files[0]} ]] || { echo -; return; }
+    jq -r --argjson d "$4" "($3) | numbers | (. * pow(10; \$d) | round) / pow(10; \$d)" "${files[@]}" | xargs
+}
+cpu='.server.cpu_us_per_delivery'
 
 echo
-echo "chatbench on $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), server on CPU 0, chatbench on CPU 1"
+echo "chatbench on $cpus CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), server on CPU 0, chatbench on CPU 1"
 echo "load: ${duration} s measured after ${warmup} s warm-up; fanout $fanout_clients clients ($senders sending at $rate msg/s); flood $clients clients ($senders sending); dm $dm_clients clients at $dm_rate msg/s"
-printf '\n%-10s %-7s %12s %10s %9s %9s %8s %9s %10s\n' \
+echo "durable: --db in $tmp ($fstype) --sync full; fanout and flood: medians of $runs alternating runs"
+printf '\n%-8s %-7s %12s %10s %9s %9s %8s %9s %10s\n' \
     server scenario deliveries/s "server µs" "p50 µs" "p99 µs" "loss %" "RSS MiB" "bench µs"
 for scenario in fanout flood dm; do
-    for server in mioserver floor tokio; do
-        [[ -s $out/$server-$scenario.json ]] || continue
-        printf '%-10s %-7s %12s %10s %9s %9s %8s %9s %10s\n' "$server" "$scenario" \
-            "$(get "$server" "$scenario" '.deliveries_per_sec | round')" \
-            "$(get "$server" "$scenario" "$us_per_delivery")" \
-            "$(get "$server" "$scenario" '.latency_us.p50')" \
-            "$(get "$server" "$scenario" '.latency_us.p99')" \
-            "$(get "$server" "$scenario" '.loss.ratio * 100 | . * 1000 | round / 1000')" \
-            "$(get "$server" "$scenario" '.server.rss_bytes / 1048576 | . * 10 | round / 10')" \
-            "$(get "$server" "$scenario" '.chatbench.cpu_us_per_delivery | . * 1000 | round / 1000')"
+    for server in "${servers[@]}" tls; do
+        [[ -s $out/$server-$scenario-1.json ]] || continue
+        printf '%-8s %-7s %12s %10s %9s %9s %8s %9s %10s\n' "$server" "$scenario" \
+            "$(median "$server" "$scenario" .deliveries_per_sec 0)" \
+            "$(median "$server" "$scenario" "$cpu" 3)" \
+            "$(median "$server" "$scenario" .latency_us.p50 0)" \
+            "$(median "$server" "$scenario" .latency_us.p99 0)" \
+            "$(median "$server" "$scenario" '.loss.ratio * 100' 3)" \
+            "$(median "$server" "$scenario" '.server.rss_bytes / 1048576' 1)" \
+            "$(median "$server" "$scenario" .chatbench.cpu_us_per_delivery 3)"
     done
 done
 
-printf '\n%-10s %9s %8s %9s %9s %12s\n' server joined failed joins/s "RSS MiB" "KiB/client"
-for server in mioserver floor tokio; do
-    [[ -s $out/$server-conns.json ]] || continue
-    printf '%-10s %9s %8s %9s %9s %12s\n' "$server" \
-        "$(get "$server" conns '.clients_joined')" \
-        "$(get "$server" conns '.connect_failures')" \
-        "$(get "$server" conns '.connects_per_sec | round')" \
-        "$(get "$server" conns '.server.rss_bytes / 1048576 | . * 10 | round / 10')" \
-        "$(get "$server" conns '.server_rss_per_client / 1024 | . * 10 | round / 10')"
+echo
+echo "each run's server µs per delivery (flood) and p99 µs (fanout):"
+for server in "${servers[@]}" tls; do
+    printf '  %-8s flood %-24s fanout %s\n' "$server" "$(each "$server" flood "$cpu" 3)" "$(each "$server" fanout .latency_us.p99 0)"
 done
 
-# The headline: CPU per delivery against the floor (goal: at most 1.25)
-# and the baseline's against ours (goal: at least 2, i.e. twice the
-# deliveries per core).
-ratio() { # SCENARIO NUMERATOR-SERVER DENOMINATOR-SERVER
-    local a b
-    a=$(get "$2" "$1" '.server.cpu_us_per_delivery // empty')
-    b=$(get "$3" "$1" '.server.cpu_us_per_delivery // empty')
-    if [[ -n $a && -n $b && $a != - && $b != - ]]; then
-        jq -nr "$a / $b | . * 100 | round / 100"
-    else
-        echo -
-    fi
-}
-printf '\n%-8s %22s %24s\n' scenario "mioserver / floor" "tokio / mioserver"
-printf '%-8s %22s %24s\n' "" "(goal <= 1.25)" "(goal >= 2)"
-for scenario in fanout flood dm; do
-    printf '%-8s %22s %24s\n' "$scenario" "$(ratio "$scenario" mioserver floor)" "$(ratio "$scenario" tokio mioserver)"
+printf '\n%-14s %9s %8s %9s %9s %12s\n' server joined failed joins/s "RSS MiB" "KiB/client"
+for server in "${servers[@]}" tls; do
+    [[ -s $out/$server-conns-1.json ]] || continue
+    label=$server
+    [[ $server == tls ]] && label="tls (storm)"
+    printf '%-14s %9s %8s %9s %9s %12s\n' "$label" \
+        "$(median "$server" conns .clients_joined 0)" \
+        "$(median "$server" conns .connect_failures 0)" \
+        "$(median "$server" conns .connects_per_sec 0)" \
+        "$(median "$server" conns '.server.rss_bytes / 1048576' 1)" \
+        "$(median "$server" conns '.server_rss_per_client / 1024' 2)"
 done
+
+# The headline ratios of medians, with their goals (issues #10 and #13).
+ratio() { # A B: A / B, or "-"
+    if [[ $1 != - && $2 != - ]]; then jq -nr "$1 / $2 | . * 100 | round / 100"; else echo -; fi
+}
+flood_of() { median "$1" flood "$cpu" 4; }
+p99_of() { median "$1" fanout .latency_us.p99 0; }
+echo
+printf '%-34s %8s %8s\n' ratio measured goal
+printf '%-34s %8s %8s\n' "flood: durable / floor" "$(ratio "$(flood_of durable)" "$(flood_of floor)")" "<= 1.4"
+printf '%-34s %8s %8s\n' "flood: durable / tokio" "$(ratio "$(flood_of durable)" "$(flood_of tokio)")" "<= 0.6"
+printf '%-34s %8s %8s\n' "flood: :memory: / floor" "$(ratio "$(flood_of memory)" "$(flood_of floor)")" "<= 1.15"
+printf '%-34s %8s %8s\n' "flood: TLS / durable plaintext" "$(ratio "$(flood_of tls)" "$(flood_of durable)")" "<= 2"
+printf '%-34s %8s %8s\n' "fanout p99: durable / tokio" "$(ratio "$(p99_of durable)" "$(p99_of tokio)")" "<= 2"
+
+# The store's group commits, from mioserver's GET /metrics at the end of
+# each run (warm-up included): one fsync per commit with --sync full.
+# Percentiles are read from the histogram's buckets, interpolating within
+# a bucket as Prometheus's histogram_quantile does.
+store() { # METRICS-FILE: "commits messages fsyncs/message p50-ms p99-ms mean-ms"
+    awk '
+        /^miochat_store_commits_total / { commits = $2 }
+        /^miochat_store_messages_total / { messages = $2 }
+        /^miochat_store_commit_seconds_sum / { sum = $2 }
+        /^miochat_store_commit_seconds_bucket/ {
+            match($0, /le="[^"]*"/); le = substr($0, RSTART + 4, RLENGTH - 5)
+            n++; bound[n] = (le == "+Inf") ? "inf" : le + 0; cum[n] = $2
+        }
+        function quantile(q,   target, i, lo, below) {
+            target = q * cum[n]; lo = 0; below = 0
+            for (i = 1; i <= n; i++) {
+                if (cum[i] >= target) {
+                    if (bound[i] == "inf") return sprintf(">%.3g", lo * 1000)
+                    if (cum[i] == below) return sprintf("%.3g", bound[i] * 1000)
+                    return sprintf("%.3g", (lo + (bound[i] - lo) * (target - below) / (cum[i] - below)) * 1000)
+                }
+                lo = bound[i]; below = cum[i]
+            }
+        }
+        END {
+            if (!commits || !messages) { print "- - - - - -"; exit }
+            printf "%d %d %.4f %s %s %.3g\n", commits, messages, commits / messages,
+                quantile(0.5), quantile(0.99), sum / cum[n] * 1000
+        }' "$1"
+}
+printf '\n%-18s %9s %10s %14s %9s %9s %9s\n' "store (GET /metrics)" commits messages fsyncs/message "p50 ms" "p99 ms" "mean ms"
+for server in durable memory tls; do
+    for scenario in flood fanout; do
+        for file in "$out/$server-$scenario"-*.metrics; do
+            [[ -s $file ]] || continue
+            name=$(basename "$file" .metrics)
+            # shellcheck disable=SC2046
+            printf '%-20s %9s %10s %14s %9s %9s %9s\n' "$name" $(store "$file")
+        done
+    done
+done
+
+echo
+echo "TLS: records per delivery (flood, each run): $(each tls flood .tls_records_per_delivery 4)"
+echo "TLS storm: $(median tls conns .clients_joined 0) of $storm joined, $(median tls conns .connect_failures 0) failed, in $(median tls conns .connect_seconds 2) s"

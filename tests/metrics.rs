@@ -116,6 +116,13 @@ fn counters_move_as_people_chat() {
     assert!(v("miochat_loop_turn_seconds", &[]) > 0.0);
     assert!(v("miochat_loop_events_per_turn", &[]) > 0.0);
     assert_eq!(v("miochat_tls_handshakes_total", &[]), 0.0);
+    // Each public message was stored before it was shown, alone in its
+    // group commit (each was echoed before the next was said); a DM is not
+    // stored, and its id was within the reservation made at start-up.
+    assert_eq!(v("miochat_store_commits_total", &[]), 3.0);
+    assert_eq!(v("miochat_store_messages_total", &[]), 3.0);
+    assert_eq!(v("miochat_store_commit_seconds", &[]), 3.0);
+    assert_eq!(v("miochat_store_queue_depth", &[]), 0.0);
 
     // Nothing is labelled by user.
     let text = http(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").body;
@@ -123,6 +130,30 @@ fn counters_move_as_people_chat() {
         assert!(!text.contains(name), "{name} in the metrics");
     }
     stop(server, [alice, bob]);
+}
+
+#[test]
+fn the_store_thread_counts_its_group_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config();
+    config.db = dir.path().join("metrics.db");
+    let server = start(config);
+    let addr = server.addr();
+    let (mut alice, _) = Client::join(addr, "Alice");
+    for text in ["one", "two", "three", "four"] {
+        alice.say(text);
+        alice.recv();
+    }
+    let after = scrape(addr);
+    let v = |name: &str| value(&after, name, &[]);
+    // The SQLite store runs on its own thread: four messages said one
+    // after another are four group commits, each timed, and nothing waits.
+    assert_eq!(v("miochat_store_commits_total"), 4.0);
+    assert_eq!(v("miochat_store_messages_total"), 4.0);
+    assert_eq!(v("miochat_store_commit_seconds"), 4.0);
+    assert!(v("miochat_store_commit_seconds_sum") > 0.0);
+    assert_eq!(v("miochat_store_queue_depth"), 0.0);
+    stop(server, [alice]);
 }
 
 #[test]

@@ -16,10 +16,12 @@
 
 pub mod frame;
 pub mod report;
+pub mod tls;
 pub mod wire;
 mod worker;
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
@@ -30,6 +32,7 @@ use serde::Serialize;
 
 pub use report::Report;
 use report::{Latency, Loss, ProcSample, Tally, Usage};
+use tls::TlsClient;
 use wire::Target;
 use worker::{Plan, Shared, Worker};
 
@@ -74,9 +77,14 @@ pub struct Params {
     /// What to measure.
     #[arg(value_enum)]
     pub scenario: Scenario,
-    /// The server, on a loopback address.
+    /// The server, on a loopback address: ws://, or wss:// with --ca-file.
     #[arg(long, default_value = "ws://127.0.0.1:8765/")]
     pub url: String,
+    /// wss://: the PEM certificate of the authority that signed the
+    /// server's (the server is verified against it alone, by its IP
+    /// address).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
     /// Clients to connect (all of them receive).
     #[arg(long, default_value_t = 100)]
     pub clients: usize,
@@ -127,6 +135,9 @@ impl Params {
     /// Checks the settings against each other; returns the target.
     pub fn check(&self) -> Result<Target, String> {
         let target = Target::parse(&self.url)?;
+        if target.tls != self.ca_file.is_some() {
+            return Err("--ca-file goes with a wss:// URL, and a wss:// URL needs it".to_owned());
+        }
         let seconds = [
             ("--duration", self.duration),
             ("--warmup", self.warmup),
@@ -185,6 +196,10 @@ fn positive(rate: f64) -> bool {
 /// Runs one benchmark; an error means it could not run at all.
 pub fn run(params: Params) -> Result<Report, String> {
     let target = params.check()?;
+    let tls = match &params.ca_file {
+        Some(ca_file) => Some(TlsClient::new(ca_file, target.addr.ip())?),
+        None => None,
+    };
     raise_open_files_limit();
     let params = Arc::new(params);
     let shared = Arc::new(Shared::new());
@@ -202,6 +217,7 @@ pub fn run(params: Params) -> Result<Report, String> {
             let worker = Worker::new(
                 params.clone(),
                 target.clone(),
+                tls.clone(),
                 shared.clone(),
                 first,
                 params.threads,
@@ -295,6 +311,9 @@ pub fn run(params: Params) -> Result<Report, String> {
             .zip(server_after)
             .map(|(before, after)| Usage::between(before, after, tally.delivered)),
         chatbench: Usage::between(own_before, own_after, tally.delivered),
+        // Only for a run that delivered anything (not conns).
+        tls_records_per_delivery: (tls.is_some() && tally.received > 0)
+            .then(|| tally.tls_records as f64 / tally.received as f64),
         params: Arc::unwrap_or_clone(params),
     })
 }
@@ -422,6 +441,9 @@ mod tests {
         assert!(parse("conns --threads 2 --clients 1").is_err());
         assert!(parse("conns --url ws://192.168.1.1:8765/").is_err());
         assert!(parse("conns --source-addrs 0").is_err());
+        assert!(parse("conns --url wss://127.0.0.1:1/").is_err());
+        assert!(parse("conns --ca-file ca.pem").is_err());
+        assert!(parse("conns --url wss://127.0.0.1:1/ --ca-file ca.pem").is_ok());
     }
 
     #[test]

@@ -29,6 +29,11 @@ pub struct Tally {
     pub sent: u64,
     /// Copies of measured messages received, by any client.
     pub delivered: u64,
+    /// Copies of chatbench's messages received, by any client, measured
+    /// or not (warm-up and drain too): what the TLS records carried.
+    pub received: u64,
+    /// wss://: TLS application-data records received, over the whole run.
+    pub tls_records: u64,
     /// `error` events received: a server that refuses requests (say, a rate
     /// limit left on) must not pass for a fast one.
     pub errors: u64,
@@ -49,6 +54,8 @@ impl Default for Tally {
                 .expect("the histogram bounds are valid"),
             sent: 0,
             delivered: 0,
+            received: 0,
+            tls_records: 0,
             errors: 0,
             disconnects: 0,
             failures: 0,
@@ -74,6 +81,8 @@ impl Tally {
             .expect("tallies share the histogram bounds");
         self.sent += other.sent;
         self.delivered += other.delivered;
+        self.received += other.received;
+        self.tls_records += other.tls_records;
         self.errors += other.errors;
         self.disconnects += other.disconnects;
         self.failures += other.failures;
@@ -252,6 +261,10 @@ pub struct Report {
     pub server_rss_per_client: Option<f64>,
     /// chatbench's own usage, to show it was not the bottleneck.
     pub chatbench: Usage,
+    /// wss://: TLS records the server sent per copy of a message received,
+    /// over the whole run (a round's frames for one client leave in as few
+    /// records as their bytes allow, so under load this is well below 1).
+    pub tls_records_per_delivery: Option<f64>,
 }
 
 impl fmt::Display for Report {
@@ -295,6 +308,9 @@ impl fmt::Display for Report {
         };
         if let Some(server) = &self.server {
             usage(f, "server", server)?;
+        }
+        if let Some(records) = self.tls_records_per_delivery {
+            writeln!(f, "  TLS records per delivery: {records:.4}")?;
         }
         usage(f, "chatbench", &self.chatbench)
     }

@@ -26,16 +26,22 @@ pub struct Target {
     pub host: String,
     /// The request path of the upgrade.
     pub path: String,
+    /// Whether the URL is `wss://`: the WebSocket runs over TLS.
+    pub tls: bool,
 }
 
 impl Target {
-    /// Parses `ws://HOST:PORT/PATH` (or `HOST:PORT`). Only loopback targets
-    /// are accepted: chatbench is a load generator, and pointing one at a
-    /// machine you do not own is an attack.
+    /// Parses `ws://HOST:PORT/PATH`, `wss://HOST:PORT/PATH` or
+    /// `HOST:PORT` (plain). Only loopback targets are accepted: chatbench
+    /// is a load generator, and pointing one at a machine you do not own
+    /// is an attack.
     pub fn parse(url: &str) -> Result<Target, String> {
-        let rest = url.strip_prefix("ws://").unwrap_or(url);
+        let (tls, rest) = match url.strip_prefix("wss://") {
+            Some(rest) => (true, rest),
+            None => (false, url.strip_prefix("ws://").unwrap_or(url)),
+        };
         if rest.contains("://") {
-            return Err(format!("{url}: only ws:// URLs are supported"));
+            return Err(format!("{url}: only ws:// and wss:// URLs are supported"));
         }
         let (host, path) = match rest.find('/') {
             Some(slash) => (&rest[..slash], &rest[slash..]),
@@ -58,6 +64,7 @@ impl Target {
                 addr: SocketAddr::new(ip, port),
                 host: host.to_owned(),
                 path: path.to_owned(),
+                tls,
             }),
             _ => Err(format!(
                 "{url}: chatbench only targets loopback addresses (127.0.0.0/8)"
@@ -265,7 +272,10 @@ mod tests {
         assert!(Target::parse("ws://127.9.8.7:1").is_ok());
         assert!(Target::parse("ws://10.0.0.1:8765/").is_err());
         assert!(Target::parse("ws://example.com:80/").is_err());
-        assert!(Target::parse("wss://127.0.0.1:8765/").is_err());
+        assert!(!target.tls);
+        assert!(Target::parse("wss://127.0.0.1:8765/").unwrap().tls);
+        assert!(Target::parse("wss://10.0.0.1:8765/").is_err());
+        assert!(Target::parse("http://127.0.0.1:8765/").is_err());
         assert!(Target::parse("ws://127.0.0.1/").is_err());
     }
 

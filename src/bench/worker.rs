@@ -25,6 +25,7 @@ use tungstenite::handshake::derive_accept_key;
 
 use super::frame::{self, Frame};
 use super::report::Tally;
+use super::tls::{Session, TlsClient};
 use super::wire::{self, Event, Target};
 use super::{Params, Scenario};
 
@@ -128,6 +129,8 @@ struct Conn {
     id: usize,
     /// The socket.
     stream: TcpStream,
+    /// wss://: the TLS session over the socket.
+    tls: Option<Box<Session>>,
     /// Where the connection is.
     state: State,
     /// When the connect began, for the connect timeout.
@@ -149,18 +152,37 @@ impl Conn {
         self.flush()
     }
 
+    /// Reads what the server sent (decrypted, under TLS) into `buf`.
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.tls {
+            Some(tls) => tls.read(&mut self.stream, buf),
+            None => self.stream.read(buf),
+        }
+    }
+
     /// Writes queued bytes until the socket would block; the rest waits
-    /// for the next writable event.
+    /// for the next writable event. Under TLS the bytes go to rustls,
+    /// which keeps the records the socket does not take.
     fn flush(&mut self) -> io::Result<()> {
         while !self.outbuf.is_empty() {
-            match self.stream.write(&self.outbuf) {
+            let written = match &mut self.tls {
+                Some(tls) => tls.write(&mut self.stream, &self.outbuf),
+                None => self.stream.write(&self.outbuf),
+            };
+            match written {
+                // rustls's buffer is full of records the socket has not
+                // taken: the next writable event continues.
+                Ok(0) => break,
                 Ok(n) => drop(self.outbuf.drain(..n)),
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) => return Err(err),
             }
         }
-        Ok(())
+        match &mut self.tls {
+            Some(tls) => tls.flush(&mut self.stream),
+            None => Ok(()),
+        }
     }
 }
 
@@ -243,6 +265,8 @@ struct Ctx {
     params: Arc<Params>,
     /// The server.
     target: Target,
+    /// wss://: the settings each connection's TLS session starts from.
+    tls: Option<TlsClient>,
     /// Counters and flags shared with the coordinator.
     shared: Arc<Shared>,
     /// The client indexes this thread owns: `first`, `first + step`, ...
@@ -282,6 +306,7 @@ impl Worker {
     pub fn new(
         params: Arc<Params>,
         target: Target,
+        tls: Option<TlsClient>,
         shared: Arc<Shared>,
         first: usize,
         step: usize,
@@ -300,6 +325,7 @@ impl Worker {
                 poll,
                 params,
                 target,
+                tls,
                 shared,
                 first,
                 step,
@@ -377,6 +403,12 @@ impl Worker {
             }
         }
         self.ctx.publish();
+        self.ctx.tally.tls_records = self
+            .conns
+            .iter()
+            .filter_map(|conn| conn.tls.as_ref())
+            .map(|tls| tls.records())
+            .sum();
         Ok(self.ctx.tally)
     }
 
@@ -393,7 +425,9 @@ impl Worker {
             0,
             1 + (id % usize::from(ctx.params.source_addrs)) as u8,
         );
-        let registered = connect(source, ctx.target.addr).and_then(|mut stream| {
+        let session = ctx.tls.as_ref().map(TlsClient::session).transpose();
+        let registered = session.and_then(|session| {
+            let mut stream = connect(source, ctx.target.addr)?;
             stream.set_nodelay(true)?;
             let token = Token(self.conns.len());
             ctx.poll.registry().register(
@@ -401,10 +435,10 @@ impl Worker {
                 token,
                 Interest::READABLE | Interest::WRITABLE,
             )?;
-            Ok(stream)
+            Ok((stream, session.map(Box::new)))
         });
-        let stream = match registered {
-            Ok(stream) => stream,
+        let (stream, tls) = match registered {
+            Ok(registered) => registered,
             Err(err) => {
                 ctx.tally.fail(format_args!("connect from {source}: {err}"));
                 ctx.shared.failed.fetch_add(1, Ordering::Relaxed);
@@ -423,6 +457,7 @@ impl Worker {
         self.conns.push(Conn {
             id,
             stream,
+            tls,
             state: State::Connecting,
             opened: Instant::now(),
             inbuf: Vec::new(),
@@ -540,7 +575,7 @@ impl Ctx {
     /// Reads until the socket is empty, handling every whole frame.
     fn read(&mut self, conn: &mut Conn) -> Result<(), String> {
         loop {
-            let n = match conn.stream.read(&mut self.scratch) {
+            let n = match conn.read(&mut self.scratch) {
                 Ok(0) => return Err("the server closed the connection".to_owned()),
                 Ok(n) => n,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
@@ -571,8 +606,10 @@ impl Ctx {
             }
             // A short read emptied the socket: with edge-triggered polling
             // any later data raises a new event, so the extra read that
-            // would only return WouldBlock is saved.
-            if n < self.scratch.len() || matches!(conn.state, State::Closed) {
+            // would only return WouldBlock is saved. (Not under TLS: a
+            // short read of plaintext says nothing about the socket.)
+            let emptied = n < self.scratch.len() && conn.tls.is_none();
+            if emptied || matches!(conn.state, State::Closed) {
                 return Ok(());
             }
         }
@@ -652,6 +689,7 @@ impl Ctx {
             }
             (Event::Error, _) => self.tally.errors += 1,
             (Event::Delivery { sender, micros }, State::Joined) => {
+                self.tally.received += 1;
                 if sender == conn.id {
                     conn.in_flight = conn.in_flight.saturating_sub(1);
                 }

@@ -1,14 +1,105 @@
-//! The chat's numbers for `GET /metrics`, next to the loop's: users, and
-//! messages by kind. Plain counters the [`Chat`](crate::chat::Chat) owns
-//! and bumps on its own thread; a scrape copies them. Labels are kinds and
-//! error codes, never names.
+//! The chat's numbers for `GET /metrics`, next to the loop's: users,
+//! messages by kind, and the store's group commits. Plain counters the
+//! [`Chat`](crate::chat::Chat) owns and bumps on its own thread; a scrape
+//! copies them. The store's are kept by whoever runs the store (its own
+//! thread, for SQLite) once per group commit, never per message, and read
+//! through a mutex only by a scrape. Labels are kinds and error codes,
+//! never names.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 
 use crate::chat::room::Audience;
-use crate::evloop::metrics::{counter, gauge, Tally};
+use crate::evloop::metrics::{counter, gauge, Histogram, Tally};
 use crate::proto::protocol::{Request, ServerMessage};
+
+/// Upper bounds of the commit-latency buckets, in seconds: from 50 µs (a
+/// commit to memory, or to a disk cache that does not flush) through the
+/// 1–10 ms an `fsync` takes on SSDs and VM disks, finely enough there for a
+/// median and a 99th percentile to be read off, to a second (a disk that
+/// stalls, which every message then waits for).
+const COMMIT_SECONDS: [f64; 19] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.000_75, 0.001, 0.001_5, 0.002, 0.003, 0.004, 0.005,
+    0.007_5, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// What the store's runner counts, once per group commit.
+#[derive(Debug, Clone)]
+pub struct StoreMetrics {
+    /// Group commits that succeeded: one transaction, so one `fsync` with
+    /// `--sync full`, each.
+    commits: u64,
+    /// Public messages those commits stored.
+    messages: u64,
+    /// How long each group commit took, failed ones included: how much
+    /// later than with no store the messages in it were shown.
+    commit_seconds: Histogram,
+    /// Jobs handed to the store and not yet answered, set at each scrape
+    /// by the loop, which is the side that knows.
+    queue_depth: u64,
+}
+
+impl Default for StoreMetrics {
+    fn default() -> Self {
+        StoreMetrics {
+            commits: 0,
+            messages: 0,
+            commit_seconds: Histogram::new(&COMMIT_SECONDS),
+            queue_depth: 0,
+        }
+    }
+}
+
+impl StoreMetrics {
+    /// A group commit took `took`; it stored `messages`, or failed (`None`).
+    pub fn commit(&mut self, took: std::time::Duration, messages: Option<u64>) {
+        self.commit_seconds.observe(took.as_secs_f64());
+        if let Some(messages) = messages {
+            self.commits += 1;
+            self.messages += messages;
+        }
+    }
+
+    /// Group commits that succeeded, and the messages they stored.
+    pub fn totals(&self) -> (u64, u64) {
+        (self.commits, self.messages)
+    }
+
+    /// A copy for a scrape, with `queue_depth` jobs waiting now.
+    pub fn with_queue_depth(&self, queue_depth: u64) -> StoreMetrics {
+        StoreMetrics {
+            queue_depth,
+            ..self.clone()
+        }
+    }
+
+    /// Writes the store's metrics.
+    fn encode(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        counter(
+            e,
+            "store_commits",
+            "Group commits that succeeded (one fsync each with --sync full)",
+            self.commits,
+        )?;
+        counter(
+            e,
+            "store_messages",
+            "Public messages stored by those commits",
+            self.messages,
+        )?;
+        self.commit_seconds.encode(
+            e,
+            "store_commit_seconds",
+            "Time one group commit took, the delay it adds before its messages are shown",
+        )?;
+        gauge(
+            e,
+            "store_queue_depth",
+            "Jobs (commits and history queries) handed to the store and not yet answered",
+            self.queue_depth,
+        )
+    }
+}
 
 /// What the chat counts.
 #[derive(Debug, Clone, Default)]
@@ -23,6 +114,8 @@ pub struct ChatMetrics {
     delivered: Tally,
     /// `error` messages sent, by code.
     refusals: Tally,
+    /// The store's numbers, set at each scrape.
+    store: StoreMetrics,
 }
 
 impl ChatMetrics {
@@ -69,10 +162,11 @@ impl ChatMetrics {
         self.delivered.add(kind, recipients);
     }
 
-    /// A copy to encode, with `online` users now.
-    pub fn snapshot(&self, online: usize) -> Box<dyn Collector> {
+    /// A copy to encode, with `online` users and the `store`'s numbers now.
+    pub fn snapshot(&self, online: usize, store: StoreMetrics) -> Box<dyn Collector> {
         Box::new(ChatMetrics {
             online: online as u64,
+            store,
             ..self.clone()
         })
     }
@@ -92,6 +186,7 @@ impl Collector for ChatMetrics {
             "kind",
         )?;
         self.refusals
-            .encode(e, "refusals", "Error messages sent, by code", "code")
+            .encode(e, "refusals", "Error messages sent, by code", "code")?;
+        self.store.encode(e)
     }
 }

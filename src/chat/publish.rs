@@ -43,6 +43,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use crate::chat::metrics::StoreMetrics;
 use crate::chat::room::{Audience, Delivery, Room, UserId};
 use crate::chat::store::worker::{Done, Job, Outcome, Ticket, Worker};
 use crate::chat::store::{Commit, RoomName, RESERVE_BLOCK};
@@ -164,6 +165,11 @@ impl Publisher {
     /// Starts the store; see [`Worker::start`].
     pub fn start(&mut self, wakeup: Wakeup) {
         self.worker.start(wakeup);
+    }
+
+    /// The store's numbers now, for `GET /metrics`.
+    pub fn store_metrics(&self) -> StoreMetrics {
+        self.worker.metrics()
     }
 
     /// The query the store must answer for `request`, when the room's kept

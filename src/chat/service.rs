@@ -448,7 +448,10 @@ impl Service for Chat {
     }
 
     fn metrics(&self) -> Option<Box<dyn Collector>> {
-        Some(self.metrics.snapshot(self.room.online()))
+        Some(
+            self.metrics
+                .snapshot(self.room.online(), self.publisher.store_metrics()),
+        )
     }
 
     fn http_get(&mut self, path: &str) -> Vec<u8> {

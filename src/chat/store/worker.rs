@@ -10,11 +10,18 @@
 //! what was done back over a channel and wakes the loop through the loop's
 //! [`Wakeup`]. A store that never blocks (memory) runs inline instead, when
 //! the loop collects, with the same code.
+//!
+//! The runner times every group commit and counts it in [`StoreMetrics`],
+//! once per commit (never per message), behind a mutex that only a scrape
+//! of `GET /metrics` also takes; the loop counts the jobs it hands over and
+//! gets back, for the queue depth.
 
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
+use crate::chat::metrics::StoreMetrics;
 use crate::chat::store::{Commit, Duplicate, RoomName, Store, StoreError};
 use crate::evloop::service::Wakeup;
 use crate::proto::protocol::ChatMessage;
@@ -73,11 +80,10 @@ struct Engine {
     /// Whether the last write failed: a failure is logged once per
     /// episode, and its end once.
     failing: bool,
-    /// Transactions committed, for the exit log line (one fsync each with
-    /// `--sync full`).
-    transactions: u64,
-    /// Messages stored.
-    messages: u64,
+    /// Group commits, their latency and the messages they stored, for
+    /// `GET /metrics` and the exit log line; shared with the [`Worker`],
+    /// which reads it only for a scrape.
+    metrics: Arc<Mutex<StoreMetrics>>,
 }
 
 impl Engine {
@@ -128,11 +134,16 @@ impl Engine {
         tickets: &mut Vec<Ticket>,
         done: &Sender<Done>,
     ) {
+        let started = Instant::now();
         let result = self.store.append(commits);
+        let stored = result.as_ref().ok().map(|duplicates| {
+            let messages: usize = commits.iter().map(|c| c.messages.len()).sum();
+            let dropped: usize = duplicates.iter().map(Vec::len).sum();
+            (messages - dropped) as u64
+        });
+        lock(&self.metrics).commit(started.elapsed(), stored);
         let outcomes: Vec<Outcome> = match result {
             Ok(duplicates) => {
-                self.transactions += 1;
-                self.messages += commits.iter().map(|c| c.messages.len() as u64).sum::<u64>();
                 if std::mem::take(&mut self.failing) {
                     log::warn!("storing messages again");
                 }
@@ -163,14 +174,17 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        if self.transactions > 0 {
-            log::info!(
-                "store: {} messages in {} group commits",
-                self.messages,
-                self.transactions
-            );
+        let (commits, messages) = lock(&self.metrics).totals();
+        if commits > 0 {
+            log::info!("store: {messages} messages in {commits} group commits");
         }
     }
+}
+
+/// The store's metrics, even if a thread panicked while holding them
+/// (counters stay meaningful whatever happened after).
+fn lock(metrics: &Mutex<StoreMetrics>) -> std::sync::MutexGuard<'_, StoreMetrics> {
+    metrics.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Where the store runs.
@@ -194,6 +208,13 @@ pub struct Worker {
     done: Receiver<Done>,
     /// Where the store runs.
     place: Place,
+    /// The runner's numbers, copied for a scrape.
+    metrics: Arc<Mutex<StoreMetrics>>,
+    /// Jobs submitted, and answers collected: the difference is the queue
+    /// depth. Counted per job on the loop, where they are handed over.
+    submitted: u64,
+    /// Answers collected (one per job).
+    answered: u64,
 }
 
 impl Worker {
@@ -202,17 +223,25 @@ impl Worker {
     pub fn new(store: Box<dyn Store>) -> Self {
         let (jobs_tx, jobs_rx) = mpsc::channel();
         let (done_tx, done_rx) = mpsc::channel();
+        let metrics = Arc::new(Mutex::new(StoreMetrics::default()));
         let engine = Engine {
             store,
             failing: false,
-            transactions: 0,
-            messages: 0,
+            metrics: Arc::clone(&metrics),
         };
         Worker {
             jobs: Some(jobs_tx),
             done: done_rx,
             place: Place::Waiting(engine, jobs_rx, done_tx),
+            metrics,
+            submitted: 0,
+            answered: 0,
         }
+    }
+
+    /// The store's numbers now, for a scrape.
+    pub fn metrics(&self) -> StoreMetrics {
+        lock(&self.metrics).with_queue_depth(self.submitted - self.answered)
     }
 
     /// Starts the store: on its own thread, which wakes the loop with
@@ -249,6 +278,7 @@ impl Worker {
         if let Some(jobs) = &self.jobs {
             // The receiver lives as long as the worker.
             let _ = jobs.send((ticket, job));
+            self.submitted += 1;
         }
     }
 
@@ -259,7 +289,9 @@ impl Worker {
             let mut batch: Vec<_> = jobs.try_iter().collect();
             engine.run(&mut batch, done);
         }
+        let before = into.len();
         into.extend(self.done.try_iter());
+        self.answered += (into.len() - before) as u64;
     }
 }
 
