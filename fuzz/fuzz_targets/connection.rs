@@ -162,7 +162,7 @@ impl Write for FakeSocket<'_> {
 }
 
 impl Socket for FakeSocket<'_> {
-    fn shutdown_write(&self) -> io::Result<()> {
+    fn shutdown_write(&mut self) -> io::Result<()> {
         assert!(!self.shut.replace(true), "shutdown_write called twice");
         if self.shutdown_fails {
             return Err(io::ErrorKind::NotConnected.into());
@@ -244,7 +244,7 @@ impl<'a> ReadHost<FakeSocket<'a>> for Reader<'_, 'a, '_> {
                 // What the chat service does with binary frames.
                 run.close(CloseCode::Unsupported, "no binary");
             }
-            Input::Control | Input::Drained | Input::Finished => {
+            Input::Forwarded(_) | Input::Control | Input::Drained | Input::Finished => {
                 panic!("read_turn delivered {input:?}")
             }
         }

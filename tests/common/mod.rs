@@ -19,6 +19,8 @@ use chrono::{DateTime, Utc};
 use miochat::evloop::config::LoopConfig;
 use miochat::{ServerConfig, ServerHandle};
 use serde_json::{json, Value};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::HandshakeError;
 use tungstenite::{Message, WebSocket};
 
 /// The longest any single read waits for the server.
@@ -84,6 +86,25 @@ impl Client {
         let (ws, _response) = tungstenite::client(format!("ws://{addr}{path}"), tcp(addr))
             .expect("WebSocket upgrade");
         Client { ws }
+    }
+
+    /// Connects to `/` with extra request `headers` (`Origin`,
+    /// `X-Forwarded-For`) and tries the upgrade: the client, or the status
+    /// of the server's refusal.
+    pub fn upgrade(addr: SocketAddr, headers: &[(&'static str, &str)]) -> Result<Client, u16> {
+        let mut request = format!("ws://{addr}/").into_client_request().unwrap();
+        for &(name, value) in headers {
+            request
+                .headers_mut()
+                .append(name, value.parse().expect("a header value"));
+        }
+        match tungstenite::client(request, tcp(addr)) {
+            Ok((ws, _response)) => Ok(Client { ws }),
+            Err(HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+                Err(response.status().as_u16())
+            }
+            Err(err) => panic!("WebSocket upgrade: {err}"),
+        }
     }
 
     /// Connects and joins as `name`; returns the client and its `welcome`.
@@ -298,7 +319,11 @@ impl HttpResponse {
 /// Sends `request` as is and reads the whole response, up to the server
 /// closing the connection.
 pub fn http(addr: SocketAddr, request: &str) -> HttpResponse {
-    let mut stream = tcp(addr);
+    http_on(&mut tcp(addr), request)
+}
+
+/// [`http`] on a connection already open.
+pub fn http_on(stream: &mut TcpStream, request: &str) -> HttpResponse {
     stream.write_all(request.as_bytes()).unwrap();
     let mut raw = Vec::new();
     stream
