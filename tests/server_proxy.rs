@@ -6,11 +6,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
+use std::io::Write;
 
+use common::process::Logged;
 use common::*;
 use miochat::evloop::config::LoopConfig;
 use miochat::evloop::testing::UPGRADE;
@@ -38,19 +36,15 @@ fn forwarded(server: &miochat::ServerHandle, client: &str) -> Result<Client, u16
     Client::upgrade(server.addr(), &[("X-Forwarded-For", client)])
 }
 
-/// Joins as `name` on an upgraded connection.
-fn join(mut client: Client, name: &str) -> Client {
-    client.send(json!({"type": "join", "name": name}));
-    assert_eq!(client.recv()["type"], "welcome");
-    client
-}
-
 #[test]
 fn a_trusted_proxys_clients_are_limited_by_their_own_address() {
     let server = start(one_per_address(&[PROXY]));
     // Two clients through one proxy: two addresses, one connection each.
-    let alice = join(forwarded(&server, "203.0.113.1").unwrap(), "alice");
-    let mut bob = join(forwarded(&server, "203.0.113.2").unwrap(), "bob");
+    let alice = forwarded(&server, "203.0.113.1")
+        .unwrap()
+        .join_as("alice")
+        .0;
+    let mut bob = forwarded(&server, "203.0.113.2").unwrap().join_as("bob").0;
     // A second connection for Alice's address is refused, as nginx
     // refuses one over its own `limit_conn`; the others are not disturbed.
     assert_eq!(forwarded(&server, "203.0.113.1").unwrap_err(), 503);
@@ -68,7 +62,10 @@ fn a_trusted_proxys_clients_are_limited_by_their_own_address() {
     drop(alice);
     let left = untimed(bob.recv());
     assert_eq!(left, json!({"type": "left", "name": "alice", "online": 1}));
-    let carol = join(forwarded(&server, "203.0.113.1").unwrap(), "carol");
+    let carol = forwarded(&server, "203.0.113.1")
+        .unwrap()
+        .join_as("carol")
+        .0;
     stop(server, [bob, carol]);
 }
 
@@ -78,10 +75,16 @@ fn a_trusted_proxy_is_not_limited_while_its_requests_are_on_their_way() {
     // The proxy's own connection has not sent its head yet: it counts for
     // nobody, so the next client through the same proxy is welcome.
     let mut waiting = tcp(server.addr());
-    let alice = join(forwarded(&server, "203.0.113.1").unwrap(), "alice");
+    let alice = forwarded(&server, "203.0.113.1")
+        .unwrap()
+        .join_as("alice")
+        .0;
     // A request from the proxy without the header (a health check on the
     // proxy's machine) is counted under the proxy's address.
-    let own = join(Client::upgrade(server.addr(), &[]).unwrap(), "proxy");
+    let own = Client::upgrade(server.addr(), &[])
+        .unwrap()
+        .join_as("proxy")
+        .0;
     assert_eq!(Client::upgrade(server.addr(), &[]).unwrap_err(), 503);
     // The waiting connection is still open: it gets the 503 too, once its
     // head says whom it is for.
@@ -99,7 +102,10 @@ fn a_trusted_proxy_is_not_limited_while_its_requests_are_on_their_way() {
 /// 127.0.0.1, which has its one connection.
 fn assert_header_ignored(trusted: &[&str]) {
     let server = start(one_per_address(trusted));
-    let alice = join(forwarded(&server, "203.0.113.1").unwrap(), "alice");
+    let alice = forwarded(&server, "203.0.113.1")
+        .unwrap()
+        .join_as("alice")
+        .0;
     let mut second = tcp(server.addr());
     // The server may have dropped the socket before this write: then it
     // fails, and the read below sees the same.
@@ -133,37 +139,26 @@ fn a_foreign_origin_is_refused_a_listed_one_and_none_are_welcome() {
     let origin = |value| Client::upgrade(server.addr(), &[("Origin", value)]);
     assert_eq!(origin("https://evil.example").unwrap_err(), 403);
     assert_eq!(origin("http://chat.example.org").unwrap_err(), 403);
-    let browser = join(origin("https://chat.example.org").unwrap(), "alice");
-    let terminal = join(Client::upgrade(server.addr(), &[]).unwrap(), "bob");
+    let browser = origin("https://chat.example.org")
+        .unwrap()
+        .join_as("alice")
+        .0;
+    let terminal = Client::upgrade(server.addr(), &[])
+        .unwrap()
+        .join_as("bob")
+        .0;
     stop(server, [browser, terminal]);
 }
 
 #[test]
 fn the_binary_logs_the_forwarded_address_and_takes_both_flags_from_the_environment() {
-    let mut server = Command::new(env!("CARGO_BIN_EXE_mioserver"))
-        .args(["127.0.0.1:0", "--db", ":memory:", "--log-level", "info"])
-        .env("MIOCHAT_TRUSTED_PROXY", "192.0.2.1,127.0.0.1")
-        .env("MIOCHAT_ALLOWED_ORIGIN", "https://chat.example.org")
-        .env_remove("MIOCHAT_ADDR")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("mioserver starts");
-    let (lines, log) = mpsc::channel();
-    let stderr = BufReader::new(server.stderr.take().unwrap());
-    thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let next_line = || log.recv_timeout(TIMEOUT).expect("a log line");
-    let addr = loop {
-        let line = next_line();
-        if let Some((_, rest)) = line.split_once("listening on ws://") {
-            break rest.split('/').next().unwrap().parse().unwrap();
-        }
-    };
+    let (mut server, addr) = Logged::mioserver(
+        &[],
+        &[
+            ("MIOCHAT_TRUSTED_PROXY", "192.0.2.1,127.0.0.1"),
+            ("MIOCHAT_ALLOWED_ORIGIN", "https://chat.example.org"),
+        ],
+    );
     let client = Client::upgrade(
         addr,
         &[
@@ -171,18 +166,10 @@ fn the_binary_logs_the_forwarded_address_and_takes_both_flags_from_the_environme
             ("Origin", "https://chat.example.org"),
         ],
     );
-    let alice = join(client.unwrap(), "alice");
-    let joined = loop {
-        let line = next_line();
-        if line.contains("joined as alice") {
-            break line;
-        }
-    };
+    let _alice = client.unwrap().join_as("alice").0;
+    let joined = server.wait_for("joined as alice");
     // The proxy does not tell the client's port: it shows as 0.
     assert!(joined.contains("198.51.100.23:0 joined"), "{joined}");
     let foreign = Client::upgrade(addr, &[("Origin", "https://evil.example")]);
     assert_eq!(foreign.unwrap_err(), 403);
-    drop(alice);
-    let _ = server.kill();
-    let _ = server.wait();
 }

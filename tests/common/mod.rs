@@ -9,6 +9,8 @@
 // Each test file is its own crate and uses only some of these helpers.
 #![allow(dead_code)]
 
+pub mod pki;
+pub mod process;
 pub mod redis;
 
 use std::io::{self, Read, Write};
@@ -69,10 +71,11 @@ pub fn assert_dropped(stream: &mut TcpStream) {
     }
 }
 
-/// A WebSocket client over a blocking socket with a read timeout.
+/// A WebSocket client over a blocking socket with a read timeout: plain
+/// TCP, or any other stream (TLS through a proxy, in `tests/nginx.rs`).
 #[derive(Debug)]
-pub struct Client {
-    ws: WebSocket<TcpStream>,
+pub struct Client<S = TcpStream> {
+    ws: WebSocket<S>,
 }
 
 impl Client {
@@ -109,12 +112,23 @@ impl Client {
 
     /// Connects and joins as `name`; returns the client and its `welcome`.
     pub fn join(addr: SocketAddr, name: &str) -> (Client, Value) {
-        let mut client = Client::connect(addr);
-        client.send(json!({"type": "join", "name": name}));
-        let welcome = client.recv();
+        Client::connect(addr).join_as(name)
+    }
+}
+
+impl<S: Read + Write> Client<S> {
+    /// A client on a WebSocket opened elsewhere.
+    pub fn over(ws: WebSocket<S>) -> Client<S> {
+        Client { ws }
+    }
+
+    /// Joins as `name`; returns the client and its `welcome`.
+    pub fn join_as(mut self, name: &str) -> (Client<S>, Value) {
+        self.send(json!({"type": "join", "name": name}));
+        let welcome = self.recv();
         assert_eq!(welcome["type"], "welcome", "answer to a join: {welcome}");
         assert_eq!(welcome["name"], name);
-        (client, welcome)
+        (self, welcome)
     }
 
     /// Sends one text frame holding `request`.
