@@ -10,7 +10,7 @@ use std::thread;
 
 use super::TIMEOUT;
 
-/// A running child process and its stderr; killed when dropped.
+/// A running child process and its stderr; stopped when dropped.
 pub struct Logged {
     /// The process.
     pub child: Child,
@@ -19,9 +19,11 @@ pub struct Logged {
 }
 
 impl Logged {
-    /// Starts `command` with stderr piped to us.
+    /// Starts `command` with stderr piped to us. Its stdout goes nowhere:
+    /// a process it leaves behind must not hold the test run's output open.
     pub fn spawn(command: &mut Command) -> Logged {
         let mut child = command
+            .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|err| panic!("cannot start {command:?}: {err}"));
@@ -76,8 +78,18 @@ impl Logged {
 }
 
 impl Drop for Logged {
+    /// SIGTERM, not SIGKILL: nginx's master stops its workers on SIGTERM,
+    /// but a killed master leaves them running; `mioserver` exits on it
+    /// within its close linger.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let Ok(pid) = libc::pid_t::try_from(self.child.id()) else {
+            return;
+        };
+        // SAFETY: kill only sends a signal to our own child, which has not
+        // been waited for, so the pid is still its own.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
         let _ = self.child.wait();
     }
 }
