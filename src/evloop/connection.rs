@@ -190,17 +190,21 @@ pub fn read_turn<S: Socket>(
 ) -> bool {
     let mut drained = false;
     for _ in 0..READ_BUDGET {
-        let mut input = host.connection().poll_input(now, config, buffer);
-        if let Input::Forwarded(client) = input {
-            let verdict = host.admit(client);
-            input = host.connection().admit(verdict, now);
-        }
-        match input {
+        match host.connection().poll_input(now, config, buffer) {
             Input::Drained | Input::Finished => {
                 drained = true;
                 break;
             }
             Input::Control => {}
+            // Once per proxied connection; a message never comes here.
+            Input::Forwarded(client) => {
+                let verdict = host.admit(client);
+                // Refused, the connection is closing: the next read says so.
+                let input = host.connection().admit(verdict, now);
+                if let Input::Opened | Input::HttpGet(_) = input {
+                    host.deliver(input);
+                }
+            }
             input => host.deliver(input),
         }
     }
