@@ -131,10 +131,12 @@ struct ServerProcess {
 
 impl ServerProcess {
     /// Starts `mioserver ADDR --history 1000` (every message of a test in
-    /// a newcomer's welcome) and waits until it listens.
+    /// a newcomer's welcome), with its history in memory (the binary's
+    /// default file would carry one run's messages into the next), and
+    /// waits until it listens.
     fn start(addr: SocketAddr) -> ServerProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_mioserver"))
-            .args([&addr.to_string(), "--history", "1000"])
+            .args([&addr.to_string(), "--history", "1000", "--db", ":memory:"])
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
             .spawn()

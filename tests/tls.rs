@@ -195,6 +195,8 @@ impl Process {
     fn start(pki: &Pki) -> Process {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mioserver"))
             .arg("127.0.0.1:0")
+            // No miochat.db left in the working directory by a test.
+            .args(["--db", ":memory:"])
             .arg("--tls-cert")
             .arg(&pki.cert)
             .arg("--tls-key")
