@@ -186,6 +186,24 @@ struct NetFlags {
           default_value_t = Seconds(defaults().net.ping_timeout), value_parser = seconds,
           allow_negative_numbers = true)]
     ping_timeout: Seconds,
+    /// A reverse proxy's IP address (repeatable, or comma-separated):
+    /// connections from it take the client's address from X-Forwarded-For,
+    /// for the per-address limit and the log. None by default: the header
+    /// is ignored.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "MIOCHAT_TRUSTED_PROXY",
+        value_delimiter = ','
+    )]
+    trusted_proxy: Vec<IpAddr>,
+    /// A web origin browsers may connect from, e.g.
+    /// https://chat.example.org (repeatable, or comma-separated); once one
+    /// is given, a page of any other origin is refused with 403. Clients
+    /// that send no Origin are not affected. None by default: any origin.
+    #[arg(long, value_name = "ORIGIN", env = "MIOCHAT_ALLOWED_ORIGIN",
+          value_delimiter = ',', value_parser = origin)]
+    allowed_origin: Vec<String>,
 }
 
 /// The defaults every flag shows and takes.
@@ -256,6 +274,27 @@ fn positive(text: &str) -> Result<usize, String> {
     }
 }
 
+/// Parses a web origin, `scheme://host[:port]`, into the form a browser
+/// sends in `Origin`: lowercase, without a trailing `/`, without the
+/// scheme's default port.
+fn origin(text: &str) -> Result<String, String> {
+    let wrong = || {
+        format!("{text:?} is not an origin: a scheme, a host and perhaps a port, like https://chat.example.org")
+    };
+    let origin = text.trim().trim_end_matches('/').to_ascii_lowercase();
+    let (scheme, host) = origin.split_once("://").ok_or_else(wrong)?;
+    let default_port = match scheme {
+        "https" => ":443",
+        "http" => ":80",
+        _ => return Err(wrong()),
+    };
+    if host.is_empty() || host.contains(['/', '?', '#', '@', ' ', ',']) {
+        return Err(wrong());
+    }
+    let host = host.strip_suffix(default_port).unwrap_or(host);
+    Ok(format!("{scheme}://{host}"))
+}
+
 /// Parses the address to listen on: `IP:PORT`, `HOST:PORT` (resolved), or
 /// an IP or host alone (the default port). A name may resolve to several
 /// addresses; the first IPv4 one is taken, since `localhost` means
@@ -303,6 +342,8 @@ impl Args {
                 handshake_timeout: net.handshake_timeout.0,
                 ping_interval: net.ping_interval.0,
                 ping_timeout: net.ping_timeout.0,
+                trusted_proxies: net.trusted_proxy.clone(),
+                allowed_origins: net.allowed_origin.clone(),
                 tls: None,
             },
             join_timeout: net.join_timeout.0,
@@ -446,6 +487,25 @@ mod tests {
         );
         assert_eq!(listen_address("[::1]"), Ok("[::1]:8765".parse().unwrap()));
         assert!(listen_address("localhost:http2").is_err());
+    }
+
+    #[test]
+    fn origins_take_the_form_browsers_send() {
+        assert_eq!(
+            origin("https://Chat.Example.org/"),
+            Ok("https://chat.example.org".to_owned())
+        );
+        assert_eq!(
+            origin("https://chat.example.org:443"),
+            Ok("https://chat.example.org".to_owned())
+        );
+        assert_eq!(
+            origin("http://localhost:8765"),
+            Ok("http://localhost:8765".to_owned())
+        );
+        for wrong in ["chat.example.org", "https://", "https://x/chat", "ftp://x"] {
+            assert!(origin(wrong).is_err(), "{wrong}");
+        }
     }
 
     #[test]

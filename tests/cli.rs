@@ -160,6 +160,8 @@ fn the_server_listens_on_a_host_name_given_in_the_environment_and_logs_who_comes
         .env("MIOCHAT_ADDR", "localhost:0")
         .env("MIOCHAT_DB", ":memory:")
         .env("MIOCHAT_LOG_LEVEL", "info")
+        // No miochat.db left in the working directory by a test.
+        .env("MIOCHAT_DB", ":memory:")
         .stderr(Stdio::piped())
         .spawn()
         .expect("mioserver starts");

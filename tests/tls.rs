@@ -3,128 +3,26 @@
 //! certificate of a real `mioserver` process, and hostile TLS clients
 //! (plaintext, stalled handshakes) that must not slow anyone down.
 //!
-//! Every certificate is made here, with rcgen: a test authority and a leaf
-//! for `localhost` and `127.0.0.1`, written to a temporary directory.
+//! Every certificate is made in the test, with rcgen (`common::pki`): a
+//! test authority and a leaf for `localhost` and `127.0.0.1`, written to a
+//! temporary directory.
 
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::pki::{https_get, Pki};
 use common::{config, start, tcp, TIMEOUT};
 use miochat::evloop::tls;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rustls::ClientConfig;
 use serde_json::{json, Value};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Connector, Message, WebSocket};
-
-/// A test certificate authority and a server certificate it signed, as
-/// PEM files in a directory of their own.
-struct Pki {
-    /// Holds the files; removed when the test ends (dropped, never read).
-    _dir: tempdir::Dir,
-    /// The authority's certificate, for clients to trust.
-    ca: PathBuf,
-    /// The server's certificate.
-    cert: PathBuf,
-    /// The server's private key.
-    key: PathBuf,
-}
-
-/// A directory removed on drop, so that no test leaves keys behind.
-mod tempdir {
-    use std::path::{Path, PathBuf};
-
-    pub struct Dir(PathBuf);
-
-    impl Dir {
-        pub fn new(tag: &str) -> Dir {
-            let path = std::env::temp_dir().join(format!(
-                "miochat-tls-{tag}-{}-{}",
-                std::process::id(),
-                rand_suffix()
-            ));
-            std::fs::create_dir_all(&path).unwrap();
-            Dir(path)
-        }
-
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    /// Tests in one process make directories at the same time.
-    fn rand_suffix() -> u64 {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    }
-}
-
-impl Pki {
-    /// A new authority named `name` and a leaf for the loopback address.
-    fn new(name: &str) -> Pki {
-        let dir = tempdir::Dir::new(name);
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, format!("miochat test CA {name}"));
-        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca_params, ca_key);
-        let leaf_key = KeyPair::generate().unwrap();
-        let leaf_params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-        let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
-        let write = |file: &str, text: String| {
-            let path = dir.path().join(file);
-            std::fs::write(&path, text).unwrap();
-            path
-        };
-        Pki {
-            ca: write("ca.pem", ca_cert.pem()),
-            cert: write("cert.pem", leaf.pem()),
-            key: write("key.pem", leaf_key.serialize_pem()),
-            _dir: dir,
-        }
-    }
-
-    /// Client settings that trust this authority only.
-    fn client_config(&self) -> Arc<ClientConfig> {
-        client_config(&self.ca)
-    }
-}
-
-/// Client settings that trust the authority in `ca` only.
-fn client_config(ca: &Path) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Arc::new(
-        ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
-}
 
 /// A WebSocket client over TLS.
 struct WssClient {
@@ -180,22 +78,6 @@ impl WssClient {
             }
         }
     }
-}
-
-/// A plain HTTP GET over TLS; returns the whole response.
-fn https_get(addr: SocketAddr, tls: Arc<ClientConfig>, path: &str) -> String {
-    let name = ServerName::try_from("localhost").unwrap();
-    let conn = ClientConnection::new(tls, name).unwrap();
-    let mut stream = StreamOwned::new(conn, tcp(addr));
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut response = String::new();
-    match stream.read_to_string(&mut response) {
-        Ok(_) => {}
-        // The server sends close_notify, but a reset after it is no error.
-        Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => {}
-        Err(err) => panic!("reading the response: {err}"),
-    }
-    response
 }
 
 /// A chat server in this process, serving TLS with `pki`'s certificate.
@@ -312,7 +194,9 @@ struct Process {
 impl Process {
     fn start(pki: &Pki) -> Process {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mioserver"))
-            .args(["127.0.0.1:0", "--db", ":memory:"])
+            .arg("127.0.0.1:0")
+            // No miochat.db left in the working directory by a test.
+            .args(["--db", ":memory:"])
             .arg("--tls-cert")
             .arg(&pki.cert)
             .arg("--tls-key")
@@ -371,7 +255,7 @@ fn sighup_reloads_the_certificate_and_keeps_it_when_the_new_one_is_bad() {
     let first = Pki::new("first");
     let second = Pki::new("second");
     // The server reads its pair from files of its own, replaced below.
-    let live = tempdir::Dir::new("live");
+    let live = tempfile::tempdir().unwrap();
     let files = Pki {
         ca: first.ca.clone(),
         cert: live.path().join("cert.pem"),

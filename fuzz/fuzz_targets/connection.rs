@@ -244,7 +244,7 @@ impl<'a> ReadHost<FakeSocket<'a>> for Reader<'_, 'a, '_> {
                 // What the chat service does with binary frames.
                 run.close(CloseCode::Unsupported, "no binary");
             }
-            Input::Control | Input::Drained | Input::Finished => {
+            Input::Forwarded(_) | Input::Control | Input::Drained | Input::Finished => {
                 panic!("read_turn delivered {input:?}")
             }
         }

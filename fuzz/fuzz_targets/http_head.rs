@@ -16,10 +16,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use miochat::evloop::http::{parse_head, Head, MAX_HEAD_BYTES};
+use miochat::evloop::http::{parse_head, Target, MAX_HEAD_BYTES};
 
 fuzz_target!(|data: &[u8]| {
-    match parse_head(data) {
+    match parse_head(data, &[]) {
         Ok(None) => {
             // "Read more" is only allowed while there is room to read more.
             assert!(
@@ -35,14 +35,14 @@ fuzz_target!(|data: &[u8]| {
                 data.len()
             );
             assert!(len <= MAX_HEAD_BYTES);
-            match &head {
+            match &head.target {
                 // The key is what the accept key is derived from.
-                Head::Upgrade { key } => assert_eq!(key.len(), 24),
-                Head::Get(_) => {}
+                Target::Upgrade { key } => assert_eq!(key.len(), 24),
+                Target::Get(_) => {}
             }
             // The head alone parses to the same thing: what follows it
             // does not change its meaning.
-            assert_eq!(parse_head(&data[..len]), Ok(Some((head, len))));
+            assert_eq!(parse_head(&data[..len], &[]), Ok(Some((head, len))));
         }
         Err(refusal) => check_response(refusal.status, &refusal.response()),
     }

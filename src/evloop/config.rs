@@ -3,7 +3,7 @@
 //! `chat::config`, which embeds these. The command line fills them in;
 //! tests build them directly with short timers.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +33,15 @@ pub struct LoopConfig {
     /// Time after a ping without any bytes from the client before the server
     /// gives up on it (`--ping-timeout`).
     pub ping_timeout: Duration,
+    /// Peers whose connections speak for someone else: a reverse proxy's
+    /// address. A connection from one takes its client's address from
+    /// the request's `X-Forwarded-For` (`http::client_address`), and
+    /// counts against `max_connections_per_ip` under that address once
+    /// its head is read (`--trusted-proxy`). Empty: the header is ignored.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// The only `Origin`s a browser may open a WebSocket from
+    /// (`http::check_origin`, `--allowed-origin`). Empty: any origin.
+    pub allowed_origins: Vec<String>,
     /// TLS settings (certificate and key, loaded by `tls::load`): serve
     /// `wss://` and `https://` (`--tls-cert`, `--tls-key`); `None` for
     /// plain TCP.
@@ -50,6 +59,8 @@ impl Default for LoopConfig {
             handshake_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(30),
             ping_timeout: Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
+            allowed_origins: Vec::new(),
             tls: None,
         }
     }

@@ -20,7 +20,7 @@
 //! ```
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
 use tungstenite::protocol::frame::coding::{CloseCode, Data};
@@ -28,7 +28,7 @@ use tungstenite::protocol::frame::{CloseFrame, Frame};
 use tungstenite::Bytes;
 
 use crate::evloop::config::LoopConfig;
-use crate::evloop::http::{self, GetRequest, Head};
+use crate::evloop::http::{self, GetRequest, Refusal, Target};
 use crate::evloop::inbound::{Inbound, Next, Payload, ReadBuffer, INVALID_UTF8};
 use crate::evloop::outqueue::{Broadcast, Channel, FrameRef, OutQueue};
 
@@ -70,7 +70,14 @@ impl Socket for mio::net::TcpStream {
 #[derive(Debug)]
 pub enum Phase {
     /// Reading the HTTP request head; holds the bytes so far.
-    Handshake { head: Vec<u8> },
+    Handshake {
+        /// The bytes read so far.
+        head: Vec<u8>,
+        /// A complete head from a trusted proxy, waiting for the host to
+        /// admit its client ([`Input::Forwarded`]): what it asks for and
+        /// its length in `head`.
+        pending: Option<(Target, usize)>,
+    },
     /// The WebSocket is open; holds what the message layer keeps between
     /// reads (nothing, for an idle connection).
     Open { inbound: Inbound },
@@ -108,6 +115,11 @@ pub enum Input<'a> {
     /// A plain `GET` or `HEAD`: the caller must answer it with
     /// [`Connection::respond`], which closes the connection after the answer.
     HttpGet(GetRequest),
+    /// A trusted proxy's request head is complete, on behalf of this
+    /// client (`--trusted-proxy`): the caller decides whether the client
+    /// may have another connection and says so with
+    /// [`Connection::admit`] before reading again. [`read_turn`] does.
+    Forwarded(IpAddr),
     /// A complete text message.
     Text(&'a str),
     /// A complete binary message.
@@ -154,6 +166,14 @@ pub trait ReadHost<S> {
     /// [`Input::Binary`], or [`Input::HttpGet`], which it must answer with
     /// [`Connection::respond`] before the next read.
     fn deliver(&mut self, input: Input<'_>);
+
+    /// Whether `client`, for whom a trusted proxy opened the connection,
+    /// may go on ([`Input::Forwarded`]); a refusal is answered to the
+    /// proxy. A host without per-address limits admits everyone.
+    fn admit(&mut self, client: IpAddr) -> Result<(), Refusal> {
+        let _ = client;
+        Ok(())
+    }
 }
 
 /// Reads one connection for one turn, the way the event loop does: until
@@ -176,6 +196,15 @@ pub fn read_turn<S: Socket>(
                 break;
             }
             Input::Control => {}
+            // Once per proxied connection; a message never comes here.
+            Input::Forwarded(client) => {
+                let verdict = host.admit(client);
+                // Refused, the connection is closing: the next read says so.
+                let input = host.connection().admit(verdict, now);
+                if let Input::Opened | Input::HttpGet(_) = input {
+                    host.deliver(input);
+                }
+            }
             input => host.deliver(input),
         }
     }
@@ -190,7 +219,9 @@ pub fn read_turn<S: Socket>(
 pub struct Connection<S> {
     /// The socket; dropping the connection closes it.
     socket: S,
-    /// The peer's address, for logs and per-address limits.
+    /// The peer's address, for logs and per-address limits: the TCP peer's,
+    /// or for a trusted proxy the client's it forwarded (with port 0, which
+    /// the proxy does not tell) once the request head is read.
     peer: SocketAddr,
     /// A number no other connection of this server has, so stale timer
     /// entries of a reused slab key can be recognised.
@@ -241,7 +272,10 @@ impl<S: Socket> Connection<S> {
             socket,
             peer,
             serial,
-            phase: Phase::Handshake { head: Vec::new() },
+            phase: Phase::Handshake {
+                head: Vec::new(),
+                pending: None,
+            },
             out: OutQueue::default(),
             accepted_at: now,
             timer: None,
@@ -264,7 +298,8 @@ impl<S: Socket> Connection<S> {
         &mut self.socket
     }
 
-    /// The peer's address.
+    /// The peer's address: the client's, for a trusted proxy's connection
+    /// whose head has been read.
     pub fn peer(&self) -> SocketAddr {
         self.peer
     }
@@ -300,7 +335,7 @@ impl<S: Socket> Connection<S> {
     ) -> Input<'b> {
         match self.phase {
             Phase::Handshake { .. } => {
-                let input = self.read_head(now, buffer);
+                let input = self.read_head(now, config, buffer);
                 self.discard_if_closing();
                 input
             }
@@ -332,10 +367,19 @@ impl<S: Socket> Connection<S> {
         }
     }
 
-    fn read_head(&mut self, now: Instant, buffer: &mut ReadBuffer) -> Input<'static> {
-        let Phase::Handshake { head } = &mut self.phase else {
+    fn read_head(
+        &mut self,
+        now: Instant,
+        config: &LoopConfig,
+        buffer: &mut ReadBuffer,
+    ) -> Input<'static> {
+        let Phase::Handshake { head, pending } = &mut self.phase else {
             unreachable!("read_head is only called while handshaking");
         };
+        if pending.is_some() {
+            // Still waiting to be admitted: ask again.
+            return Input::Forwarded(self.peer.ip());
+        }
         loop {
             // Read through the shared buffer, so that the head's own memory
             // is only as large as what the client sent.
@@ -353,30 +397,76 @@ impl<S: Socket> Connection<S> {
                     return Input::Finished;
                 }
             }
-            match http::parse_head(head) {
+            match http::parse_head(head, &config.allowed_origins) {
                 Ok(None) => continue,
-                Ok(Some((Head::Upgrade { key }, len))) => {
-                    // Frames the client sent right behind its request.
-                    let leftover = head[len..].to_vec();
-                    // Sealed: a client too slow to read even this is sent
-                    // it before its close frame, or the stream is garbage.
-                    self.out.push_sealed(&http::upgrade_response(&key));
-                    self.phase = Phase::Open {
-                        inbound: Inbound::with_leftover(leftover),
-                    };
-                    self.last_heard = now;
-                    return Input::Opened;
+                Ok(Some((parsed, len))) => {
+                    let proxy = self.peer.ip();
+                    if !config.trusted_proxies.contains(&proxy) {
+                        return self.start(parsed.target, len, now);
+                    }
+                    // Its client is someone else: the host counts the
+                    // connection under the client's address, not the
+                    // proxy's, before it goes on.
+                    let forwarded = parsed.forwarded_for.as_deref();
+                    let client = http::client_address(proxy, forwarded, &config.trusted_proxies);
+                    if client != proxy {
+                        log::debug!("{}: forwarded for {client}", self.peer);
+                        self.peer = SocketAddr::new(client, 0);
+                    }
+                    *pending = Some((parsed.target, len));
+                    return Input::Forwarded(client);
                 }
-                // The answer comes from the application, which must pass it
-                // to `respond` before reading again.
-                Ok(Some((Head::Get(request), _))) => return Input::HttpGet(request),
-                Err(refusal) => {
-                    log::debug!("{}: refused HTTP request: {}", self.peer, refusal.reason);
-                    self.respond(&refusal.response(), now);
-                    return Input::Finished;
-                }
+                Err(refusal) => return self.refuse(&refusal, now),
             }
         }
+    }
+
+    /// The host's answer to [`Input::Forwarded`]: the request goes on
+    /// ([`Input::Opened`] or [`Input::HttpGet`]), or is refused with the
+    /// given status and the connection closes ([`Input::Finished`]).
+    pub fn admit(&mut self, verdict: Result<(), Refusal>, now: Instant) -> Input<'static> {
+        let Phase::Handshake { pending, .. } = &mut self.phase else {
+            return Input::Control;
+        };
+        let Some((target, len)) = pending.take() else {
+            return Input::Control;
+        };
+        match verdict {
+            Ok(()) => self.start(target, len, now),
+            Err(refusal) => self.refuse(&refusal, now),
+        }
+    }
+
+    /// Goes on with a complete request head of `len` bytes: upgrades to
+    /// WebSocket, or hands a plain `GET` to the caller.
+    fn start(&mut self, target: Target, len: usize, now: Instant) -> Input<'static> {
+        let Phase::Handshake { head, .. } = &self.phase else {
+            unreachable!("a request starts only while handshaking");
+        };
+        match target {
+            Target::Upgrade { key } => {
+                // Frames the client sent right behind its request.
+                let leftover = head[len..].to_vec();
+                // Sealed: a client too slow to read even this is sent
+                // it before its close frame, or the stream is garbage.
+                self.out.push_sealed(&http::upgrade_response(&key));
+                self.phase = Phase::Open {
+                    inbound: Inbound::with_leftover(leftover),
+                };
+                self.last_heard = now;
+                Input::Opened
+            }
+            // The answer comes from the application, which must pass it
+            // to `respond` before reading again.
+            Target::Get(request) => Input::HttpGet(request),
+        }
+    }
+
+    /// Answers a request head with an HTTP refusal and closes.
+    fn refuse(&mut self, refusal: &Refusal, now: Instant) -> Input<'static> {
+        log::debug!("{}: refused HTTP request: {}", self.peer, refusal.reason);
+        self.respond(&refusal.response(), now);
+        Input::Finished
     }
 
     fn read_frames<'b>(
@@ -825,6 +915,75 @@ mod tests {
         let response = String::from_utf8(conn.socket.written.clone()).unwrap();
         assert!(response.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
         assert!(response.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+    }
+
+    #[test]
+    fn a_trusted_proxys_request_waits_for_its_client_to_be_admitted() {
+        let now = Instant::now();
+        let config = LoopConfig {
+            trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
+            ..config()
+        };
+        let head = String::from_utf8(UPGRADE.to_vec()).unwrap().replace(
+            "Host: x\r\n",
+            "Host: x\r\nX-Forwarded-For: 6.6.6.6, 203.0.113.7\r\n",
+        );
+        let client: IpAddr = "203.0.113.7".parse().unwrap();
+        let proxied = |frames: &[u8]| {
+            let socket = FakeSocket {
+                input: VecDeque::from([[head.as_bytes(), frames].concat()]),
+                room: usize::MAX,
+                ..FakeSocket::default()
+            };
+            Connection::new(socket, "127.0.0.1:9".parse().unwrap(), 1, now)
+        };
+        let mut buffer = ReadBuffer::default();
+
+        // Admitted: the upgrade goes on, and the frame behind the head is kept.
+        let mut conn = proxied(&client_frame(0x1, b"hi"));
+        let input = conn.poll_input(now, &config, &mut buffer);
+        assert!(
+            matches!(input, Input::Forwarded(ip) if ip == client),
+            "{input:?}"
+        );
+        assert_eq!(conn.peer(), SocketAddr::new(client, 0));
+        // Asked again before the answer, it asks again.
+        let input = conn.poll_input(now, &config, &mut buffer);
+        assert!(
+            matches!(input, Input::Forwarded(ip) if ip == client),
+            "{input:?}"
+        );
+        assert!(matches!(conn.admit(Ok(()), now), Input::Opened));
+        assert!(matches!(
+            conn.poll_input(now, &config, &mut buffer),
+            Input::Text("hi")
+        ));
+
+        // Refused: the proxy gets the status, and the connection closes.
+        let mut conn = proxied(b"");
+        conn.save_leftover(&mut buffer);
+        let input = conn.poll_input(now, &config, &mut buffer);
+        assert!(matches!(input, Input::Forwarded(_)), "{input:?}");
+        let busy = Refusal::new(503, "busy");
+        assert!(matches!(conn.admit(Err(busy), now), Input::Finished));
+        conn.flush(&[]);
+        let response = String::from_utf8(conn.socket.written.clone()).unwrap();
+        assert!(
+            response.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{response}"
+        );
+
+        // Anyone else's header is not read, and nothing waits.
+        let mut conn = proxied(b"");
+        let untrusted = LoopConfig {
+            trusted_proxies: vec!["192.0.2.1".parse().unwrap()],
+            ..config.clone()
+        };
+        assert!(matches!(
+            conn.poll_input(now, &untrusted, &mut buffer),
+            Input::Opened
+        ));
+        assert_eq!(conn.peer(), "127.0.0.1:9".parse().unwrap());
     }
 
     #[test]

@@ -45,6 +45,7 @@ use crate::evloop::config::LoopConfig;
 use crate::evloop::connection::{
     read_turn, Connection, Input, ReadHost, Socket, Turn, CLOSE_LINGER,
 };
+use crate::evloop::http::Refusal;
 use crate::evloop::inbound::ReadBuffer;
 use crate::evloop::metrics::{self, LoopMetrics};
 use crate::evloop::outqueue::{Batch, Broadcast, Channel, FrameRef};
@@ -89,6 +90,12 @@ pub(super) struct Slot {
     /// Whether the connection is on the round's list to settle, so that it
     /// is listed once however much happens to it.
     touched: bool,
+    /// The address the connection counts under for
+    /// `--max-connections-per-ip`, to give its place back when it goes:
+    /// the peer's from accept on, or for a trusted proxy's connection the
+    /// client's once its head is read (none before, so that the proxy's
+    /// own address never fills up).
+    counted: Option<IpAddr>,
 }
 
 impl Slot {
@@ -97,6 +104,38 @@ impl Slot {
         if !self.touched {
             self.touched = true;
             touched.push(key);
+        }
+    }
+}
+
+/// How many connections each address holds, for
+/// `--max-connections-per-ip`.
+#[derive(Debug)]
+struct PerAddress {
+    /// Connections one address may hold; 0 means no limit.
+    limit: usize,
+    /// Open connections per address; an address with none has no entry.
+    counts: HashMap<IpAddr, usize>,
+}
+
+impl PerAddress {
+    /// Whether `ip` holds as many connections as it may.
+    fn is_full(&self, ip: IpAddr) -> bool {
+        self.limit != 0 && self.counts.get(&ip).is_some_and(|&n| n >= self.limit)
+    }
+
+    /// Counts one more connection for `ip`.
+    fn add(&mut self, ip: IpAddr) {
+        *self.counts.entry(ip).or_default() += 1;
+    }
+
+    /// Gives back the place of a connection of `ip` that has gone.
+    fn remove(&mut self, ip: IpAddr) {
+        if let Some(count) = self.counts.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                self.counts.remove(&ip);
+            }
         }
     }
 }
@@ -176,7 +215,9 @@ struct LoopReader<'a, S> {
     /// The time of this turn.
     now: Instant,
     /// The loop's counters, for `GET /metrics`.
-    metrics: &'a LoopMetrics,
+    metrics: &'a mut LoopMetrics,
+    /// Connections per address, for a trusted proxy's clients.
+    per_ip: &'a mut PerAddress,
 }
 
 impl<S: Service> ReadHost<Stream> for LoopReader<'_, S> {
@@ -209,10 +250,29 @@ impl<S: Service> ReadHost<Stream> for LoopReader<'_, S> {
             Input::Opened => self.service.opened(key, peer, &mut out),
             Input::Text(text) => self.service.text(key, text, &mut out),
             Input::Binary(data) => self.service.binary(key, data, &mut out),
-            Input::HttpGet(_) | Input::Control | Input::Drained | Input::Finished => {
+            Input::HttpGet(_)
+            | Input::Forwarded(_)
+            | Input::Control
+            | Input::Drained
+            | Input::Finished => {
                 unreachable!("read_turn delivers only inputs for the application")
             }
         }
+    }
+
+    fn admit(&mut self, client: IpAddr) -> Result<(), Refusal> {
+        if self.per_ip.is_full(client) {
+            log::warn!(
+                "{client}: refused, {} connections per address is the limit",
+                self.per_ip.limit
+            );
+            self.metrics.refused();
+            // What nginx answers for its own `limit_conn`.
+            return Err(Refusal::new(503, "too many connections from your address"));
+        }
+        self.per_ip.add(client);
+        self.slots[self.key].counted = Some(client);
+        Ok(())
     }
 }
 
@@ -258,8 +318,8 @@ pub struct Server<S> {
     shutdown_by: Option<Instant>,
     /// The serial number for the next connection.
     next_serial: u64,
-    /// Open connections per peer address, for `--max-connections-per-ip`.
-    per_ip: HashMap<IpAddr, usize>,
+    /// Open connections per address, for `--max-connections-per-ip`.
+    per_ip: PerAddress,
     /// A descriptor held in reserve: when `accept` fails for lack of
     /// descriptors, closing it frees one to accept and drop the waiting
     /// connection, so the listener does not stay ready forever and the loop
@@ -299,6 +359,10 @@ impl<S: Service> Server<S> {
         let woken = Arc::new(AtomicBool::new(false));
         service.attach(Wakeup::new(Arc::clone(&woken), Arc::clone(&waker)));
         let tls = Tls::new(config.tls.clone());
+        let per_ip = PerAddress {
+            limit: config.max_connections_per_ip,
+            counts: HashMap::new(),
+        };
         Ok(Server {
             poll,
             listener: Some(listener),
@@ -313,7 +377,7 @@ impl<S: Service> Server<S> {
             },
             shutdown_by: None,
             next_serial: 0,
-            per_ip: HashMap::new(),
+            per_ip,
             spare_fd: File::open("/dev/null").ok(),
             unfinished_reads: Vec::new(),
             round: Round::default(),
@@ -504,17 +568,18 @@ impl<S: Service> Server<S> {
             );
             return;
         }
-        let per_ip_limit = self.config.max_connections_per_ip;
-        if per_ip_limit != 0
-            && self
-                .per_ip
-                .get(&peer.ip())
-                .is_some_and(|&n| n >= per_ip_limit)
-        {
-            log::warn!("{peer}: refused, {per_ip_limit} connections per address is the limit");
+        // A trusted proxy's connection is counted under its client's
+        // address, which its request head will tell (`LoopReader::admit`).
+        let trusted = self.config.trusted_proxies.contains(&peer.ip());
+        if !trusted && self.per_ip.is_full(peer.ip()) {
+            log::warn!(
+                "{peer}: refused, {} connections per address is the limit",
+                self.per_ip.limit
+            );
             self.metrics.refused();
             return;
         }
+        let counted = (!trusted).then_some(peer.ip());
         let mut stream = match self.tls.wrap(stream) {
             Ok(stream) => stream,
             Err(err) => {
@@ -537,7 +602,9 @@ impl<S: Service> Server<S> {
             log::warn!("{peer}: cannot register: {err}");
             return;
         }
-        *self.per_ip.entry(peer.ip()).or_default() += 1;
+        if let Some(ip) = counted {
+            self.per_ip.add(ip);
+        }
         self.next_serial += 1;
         log::debug!("{peer}: connected");
         let slot = entry.insert(Slot {
@@ -545,6 +612,7 @@ impl<S: Service> Server<S> {
             armed: None,
             write_interest: false,
             touched: false,
+            counted,
         });
         slot.touch(key, &mut self.round.touched);
     }
@@ -564,7 +632,8 @@ impl<S: Service> Server<S> {
             service: &mut self.service,
             config: &self.config,
             now,
-            metrics: &self.metrics,
+            metrics: &mut self.metrics,
+            per_ip: &mut self.per_ip,
         };
         if !read_turn(&mut host, now, &self.config, &mut self.read_buffer) {
             self.unfinished_reads.push(key);
@@ -663,12 +732,8 @@ impl<S: Service> Server<S> {
             let mut slot = self.slots.remove(key);
             self.poll.registry().deregister(slot.conn.socket_mut())?;
             self.metrics.retire(&slot.conn);
-            let ip = slot.conn.peer().ip();
-            if let Some(count) = self.per_ip.get_mut(&ip) {
-                *count -= 1;
-                if *count == 0 {
-                    self.per_ip.remove(&ip);
-                }
+            if let Some(ip) = slot.counted {
+                self.per_ip.remove(ip);
             }
             log::debug!("{}: connection closed", slot.conn.peer());
             return Ok(());

@@ -9,6 +9,8 @@
 // Each test file is its own crate and uses only some of these helpers.
 #![allow(dead_code)]
 
+pub mod pki;
+pub mod process;
 pub mod redis;
 
 use std::io::{self, Read, Write};
@@ -19,6 +21,8 @@ use chrono::{DateTime, Utc};
 use miochat::evloop::config::LoopConfig;
 use miochat::{ServerConfig, ServerHandle};
 use serde_json::{json, Value};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::HandshakeError;
 use tungstenite::{Message, WebSocket};
 
 /// The longest any single read waits for the server.
@@ -67,10 +71,11 @@ pub fn assert_dropped(stream: &mut TcpStream) {
     }
 }
 
-/// A WebSocket client over a blocking socket with a read timeout.
+/// A WebSocket client over a blocking socket with a read timeout: plain
+/// TCP, or any other stream (TLS through a proxy, in `tests/nginx.rs`).
 #[derive(Debug)]
-pub struct Client {
-    ws: WebSocket<TcpStream>,
+pub struct Client<S = TcpStream> {
+    ws: WebSocket<S>,
 }
 
 impl Client {
@@ -86,14 +91,44 @@ impl Client {
         Client { ws }
     }
 
+    /// Connects to `/` with extra request `headers` (`Origin`,
+    /// `X-Forwarded-For`) and tries the upgrade: the client, or the status
+    /// of the server's refusal.
+    pub fn upgrade(addr: SocketAddr, headers: &[(&'static str, &str)]) -> Result<Client, u16> {
+        let mut request = format!("ws://{addr}/").into_client_request().unwrap();
+        for &(name, value) in headers {
+            request
+                .headers_mut()
+                .append(name, value.parse().expect("a header value"));
+        }
+        match tungstenite::client(request, tcp(addr)) {
+            Ok((ws, _response)) => Ok(Client { ws }),
+            Err(HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+                Err(response.status().as_u16())
+            }
+            Err(err) => panic!("WebSocket upgrade: {err}"),
+        }
+    }
+
     /// Connects and joins as `name`; returns the client and its `welcome`.
     pub fn join(addr: SocketAddr, name: &str) -> (Client, Value) {
-        let mut client = Client::connect(addr);
-        client.send(json!({"type": "join", "name": name}));
-        let welcome = client.recv();
+        Client::connect(addr).join_as(name)
+    }
+}
+
+impl<S: Read + Write> Client<S> {
+    /// A client on a WebSocket opened elsewhere.
+    pub fn over(ws: WebSocket<S>) -> Client<S> {
+        Client { ws }
+    }
+
+    /// Joins as `name`; returns the client and its `welcome`.
+    pub fn join_as(mut self, name: &str) -> (Client<S>, Value) {
+        self.send(json!({"type": "join", "name": name}));
+        let welcome = self.recv();
         assert_eq!(welcome["type"], "welcome", "answer to a join: {welcome}");
         assert_eq!(welcome["name"], name);
-        (client, welcome)
+        (self, welcome)
     }
 
     /// Sends one text frame holding `request`.
@@ -298,7 +333,11 @@ impl HttpResponse {
 /// Sends `request` as is and reads the whole response, up to the server
 /// closing the connection.
 pub fn http(addr: SocketAddr, request: &str) -> HttpResponse {
-    let mut stream = tcp(addr);
+    http_on(&mut tcp(addr), request)
+}
+
+/// [`http`] on a connection already open.
+pub fn http_on(stream: &mut TcpStream, request: &str) -> HttpResponse {
     stream.write_all(request.as_bytes()).unwrap();
     let mut raw = Vec::new();
     stream

@@ -140,7 +140,7 @@ fn respond(content_type: &str, body: &[u8], etag: u64) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::evloop::http::{parse_head, Head};
+    use crate::evloop::http::{parse_head, Head, Target};
 
     /// The head of a response, as text.
     fn head_of(response: &[u8]) -> String {
@@ -189,7 +189,14 @@ mod tests {
         let page = answer("/").unwrap();
         let etag = header(&head_of(&page), "ETag").unwrap().to_owned();
         let request = format!("GET / HTTP/1.1\r\nIf-None-Match: {etag}\r\n\r\n");
-        let Ok(Some((Head::Get(request), _))) = parse_head(request.as_bytes()) else {
+        let Ok(Some((
+            Head {
+                target: Target::Get(request),
+                ..
+            },
+            _,
+        ))) = parse_head(request.as_bytes(), &[])
+        else {
             panic!("a plain GET");
         };
         let reply = String::from_utf8(request.finish(page)).unwrap();
