@@ -248,8 +248,8 @@ pub struct Connection<S> {
     /// The channel whose broadcasts this connection hears, and how many of
     /// the round's broadcasts are already in its queue.
     subscription: Option<Subscription>,
-    /// The close code the server sent, for the metrics.
-    pub close_code: Option<CloseCode>,
+    /// The close code the server sent, until the loop's metrics take it.
+    sent_close: Option<CloseCode>,
 }
 
 /// A connection's place among a channel's broadcasts.
@@ -284,11 +284,17 @@ impl<S: Socket> Connection<S> {
             close_by: None,
             goodbye_pending: false,
             subscription: None,
-            close_code: None,
+            sent_close: None,
         }
     }
 
     /// The socket, for registering it with `poll` (and for tests).
+    /// The close code the server sent since the last call (at most once
+    /// per connection), for the loop's metrics.
+    pub fn take_sent_close(&mut self) -> Option<CloseCode> {
+        self.sent_close.take()
+    }
+
     pub fn socket(&self) -> &S {
         &self.socket
     }
@@ -694,7 +700,7 @@ impl<S: Socket> Connection<S> {
                     reason: reason.into(),
                 };
                 self.push_frame(Frame::close(Some(frame)));
-                self.close_code = Some(code);
+                self.sent_close = Some(code);
                 self.enter_closing(now);
             }
             Phase::Handshake { .. } => self.set_closed(),

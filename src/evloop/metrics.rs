@@ -46,11 +46,13 @@ pub struct LoopMetrics {
     accepted: u64,
     /// Connections dropped at accept (the connection limits).
     refused: u64,
-    /// Sockets and handshakes of connections already closed (the open
-    /// ones are added at each scrape).
-    retired: Retired,
-    /// Close frames the server sent, by code (of closed connections,
-    /// like `retired`).
+    /// Bytes and finished handshakes, folded in from each connection as
+    /// it is settled: a scrape reads totals and never walks the
+    /// connections, whose number may be tens of thousands.
+    totals: Totals,
+    /// TLS handshakes started and not yet finished.
+    tls_handshaking: u64,
+    /// Close frames the server sent, by code.
     closes: Vec<(u16, u64)>,
     /// How long each turn's work took (from `poll`'s return to the end).
     turn_seconds: Histogram,
@@ -58,10 +60,10 @@ pub struct LoopMetrics {
     events_per_turn: Histogram,
 }
 
-/// Totals over closed connections.
+/// Totals over every connection, up to its last settling.
 #[derive(Debug, Clone, Copy, Default)]
-struct Retired {
-    /// Their bytes in and out.
+struct Totals {
+    /// Bytes in and out.
     counts: StreamCounts,
     /// TLS handshakes that completed.
     tls_handshakes: u64,
@@ -74,7 +76,8 @@ impl Default for LoopMetrics {
         LoopMetrics {
             accepted: 0,
             refused: 0,
-            retired: Retired::default(),
+            totals: Totals::default(),
+            tls_handshaking: 0,
             closes: Vec::new(),
             turn_seconds: Histogram::new(&TURN_SECONDS),
             events_per_turn: Histogram::new(&EVENTS_PER_TURN),
@@ -99,51 +102,54 @@ impl LoopMetrics {
         self.events_per_turn.observe(events as f64);
     }
 
-    /// A connection is removed: its numbers join the totals.
-    pub fn retire(&mut self, conn: &Connection<Stream>) {
-        self.add(conn, true);
+    /// A connection was opened on `stream` (its TLS handshake, if any,
+    /// starts now).
+    pub fn opened(&mut self, stream: &Stream) {
+        if stream.tls_state() == TlsState::Handshaking {
+            self.tls_handshaking += 1;
+        }
     }
 
-    /// Adds a connection's bytes, handshake and close code; a handshake
-    /// still under way counts as failed when the connection is `gone`.
-    fn add(&mut self, conn: &Connection<Stream>, gone: bool) {
-        let counts = &conn.socket().counts;
-        self.retired.counts.bytes_in += counts.bytes_in;
-        self.retired.counts.bytes_out += counts.bytes_out;
-        match conn.socket().tls_state() {
-            TlsState::Plain => {}
-            TlsState::Handshaking if !gone => {}
-            TlsState::Established => self.retired.tls_handshakes += 1,
-            TlsState::Handshaking | TlsState::Failed => self.retired.tls_failures += 1,
-        }
-        if let Some(code) = conn.close_code {
+    /// A connection was settled at the end of a turn: what it did since
+    /// joins the totals. Once per settled connection per round, a few
+    /// additions.
+    pub fn settled(&mut self, conn: &mut Connection<Stream>) {
+        self.fold(conn, false);
+    }
+
+    /// A connection is removed: its last numbers join the totals; a
+    /// handshake still under way has failed.
+    pub fn retire(&mut self, conn: &mut Connection<Stream>) {
+        self.fold(conn, true);
+    }
+
+    /// Adds what `conn` did since it was last folded in to the totals.
+    fn fold(&mut self, conn: &mut Connection<Stream>, gone: bool) {
+        if let Some(code) = conn.take_sent_close() {
             let code = u16::from(code);
             match self.closes.iter_mut().find(|(c, _)| *c == code) {
                 Some((_, n)) => *n += 1,
                 None => self.closes.push((code, 1)),
             }
         }
+        let activity = conn.socket_mut().take_activity(gone);
+        self.totals.counts.bytes_in += activity.counts.bytes_in;
+        self.totals.counts.bytes_out += activity.counts.bytes_out;
+        match activity.handshake {
+            Some(TlsState::Established) => self.totals.tls_handshakes += 1,
+            Some(_) => self.totals.tls_failures += 1,
+            None => return,
+        }
+        self.tls_handshaking = self.tls_handshaking.saturating_sub(1);
     }
 
-    /// The complete `/metrics` response: these numbers plus those of the
+    /// The complete `/metrics` response: these numbers, the number of
     /// `open` connections, and the service's own `extra` ones.
-    pub fn response<'c>(
-        &self,
-        open: impl Iterator<Item = &'c Connection<Stream>>,
-        extra: Option<Box<dyn Collector>>,
-    ) -> Vec<u8> {
-        let mut snapshot = Snapshot {
+    pub fn response(&self, open: usize, extra: Option<Box<dyn Collector>>) -> Vec<u8> {
+        let snapshot = Snapshot {
             metrics: self.clone(),
-            open: 0,
-            tls_handshaking: 0,
+            open: open as u64,
         };
-        for conn in open {
-            snapshot.open += 1;
-            if conn.socket().tls_state() == TlsState::Handshaking {
-                snapshot.tls_handshaking += 1;
-            }
-            snapshot.metrics.add(conn, false);
-        }
         let mut registry = Registry::with_prefix("miochat");
         registry.register_collector(Box::new(snapshot));
         if let Some(extra) = extra {
@@ -161,12 +167,10 @@ impl LoopMetrics {
 /// The loop's numbers at one scrape.
 #[derive(Debug)]
 struct Snapshot {
-    /// The counters, with the open connections' bytes and handshakes added.
+    /// The counters.
     metrics: LoopMetrics,
     /// Connections open now.
     open: u64,
-    /// TLS handshakes under way now.
-    tls_handshaking: u64,
 }
 
 impl Collector for Snapshot {
@@ -186,7 +190,7 @@ impl Collector for Snapshot {
             "Connections dropped at accept by a connection limit",
             m.refused,
         )?;
-        let counts = m.retired.counts;
+        let counts = m.totals.counts;
         counter(e, "bytes_in", "Bytes read from sockets", counts.bytes_in)?;
         counter(e, "bytes_out", "Bytes written to sockets", counts.bytes_out)?;
         let closes: Vec<(String, u64)> = m
@@ -201,7 +205,7 @@ impl Collector for Snapshot {
             "code",
             &closes,
         )?;
-        let tls = m.retired;
+        let tls = m.totals;
         counter(
             e,
             "tls_handshakes",
@@ -218,7 +222,7 @@ impl Collector for Snapshot {
             e,
             "tls_handshakes_in_progress",
             "TLS handshakes under way now",
-            self.tls_handshaking,
+            m.tls_handshaking,
         )?;
         m.turn_seconds.encode(
             e,

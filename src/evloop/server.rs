@@ -233,8 +233,11 @@ impl<S: Service> ReadHost<Stream> for LoopReader<'_, S> {
         let (key, now) = (self.key, self.now);
         if let Input::HttpGet(request) = input {
             let response = if request.path == metrics::PATH {
-                let open = self.slots.iter().map(|(_, slot)| &slot.conn);
-                self.metrics.response(open, self.service.metrics())
+                // The scrape's own connection (its bytes, its handshake)
+                // is counted in, as every other one was when settled.
+                self.metrics.settled(&mut self.slots[key].conn);
+                self.metrics
+                    .response(self.slots.len(), self.service.metrics())
             } else {
                 self.service.http_get(&request.path)
             };
@@ -607,6 +610,7 @@ impl<S: Service> Server<S> {
         }
         self.next_serial += 1;
         log::debug!("{peer}: connected");
+        self.metrics.opened(&stream);
         let slot = entry.insert(Slot {
             conn: Connection::new(stream, peer, self.next_serial, now),
             armed: None,
@@ -731,13 +735,14 @@ impl<S: Service> Server<S> {
         if slot.conn.phase().is_closed() {
             let mut slot = self.slots.remove(key);
             self.poll.registry().deregister(slot.conn.socket_mut())?;
-            self.metrics.retire(&slot.conn);
+            self.metrics.retire(&mut slot.conn);
             if let Some(ip) = slot.counted {
                 self.per_ip.remove(ip);
             }
             log::debug!("{}: connection closed", slot.conn.peer());
             return Ok(());
         }
+        self.metrics.settled(&mut slot.conn);
         let want_write = slot.conn.queued() > 0 || slot.conn.socket().has_pending_output();
         if want_write != slot.write_interest {
             let interest = if want_write {

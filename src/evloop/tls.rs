@@ -53,8 +53,18 @@ pub struct Stream {
     /// The TLS session, on a TLS listener. Boxed: a session is large, and
     /// a plain connection should not pay for its room.
     tls: Option<Box<Session>>,
-    /// What crossed the socket, for the loop's metrics.
+    /// What crossed the socket since the loop last took it
+    /// ([`take_activity`](Self::take_activity)).
+    counts: StreamCounts,
+}
+
+/// What a stream did since the loop last asked, for its metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Activity {
+    /// The bytes that crossed the socket.
     pub counts: StreamCounts,
+    /// How the TLS handshake ended (`Established` or `Failed`), told once.
+    pub handshake: Option<TlsState>,
 }
 
 /// What one connection's socket carried, summed by the loop's metrics.
@@ -89,6 +99,8 @@ struct Session {
     shut_pending: bool,
     /// Where the handshake stands.
     state: TlsState,
+    /// Whether the handshake's outcome was told to the loop already.
+    told: bool,
 }
 
 impl Stream {
@@ -100,6 +112,7 @@ impl Stream {
                 conn: ServerConnection::new(Arc::clone(config)).map_err(io::Error::other)?,
                 shut_pending: false,
                 state: TlsState::Handshaking,
+                told: false,
             })),
             None => None,
         };
@@ -120,6 +133,24 @@ impl Stream {
         self.tls
             .as_ref()
             .map_or(TlsState::Plain, |session| session.state)
+    }
+
+    /// What crossed the socket since the last call, and the handshake's
+    /// outcome the first time it is known. `gone`: the connection ends
+    /// now, so a handshake still under way has failed.
+    pub fn take_activity(&mut self, gone: bool) -> Activity {
+        let counts = std::mem::take(&mut self.counts);
+        let handshake = self.tls.as_mut().and_then(|session| {
+            let outcome = match session.state {
+                _ if session.told => return None,
+                TlsState::Handshaking if gone => TlsState::Failed,
+                TlsState::Handshaking => return None,
+                outcome => outcome,
+            };
+            session.told = true;
+            Some(outcome)
+        });
+        Activity { counts, handshake }
     }
 }
 
