@@ -7,6 +7,7 @@
 //! source; `docs/cluster.md` describes the design.
 
 pub mod conn;
+pub mod node;
 pub mod link;
 pub mod scripts;
 
