@@ -167,6 +167,19 @@ impl Loop {
     }
 }
 
+/// The node whose inbox a test's reads cover when the inbox does not
+/// matter to it.
+const READER: &str = "r";
+
+/// A cursor before everything: a reader starting from it gets every entry.
+fn origin() -> Cursor {
+    Cursor {
+        message: 0,
+        presence: "0-0".into(),
+        inbox: "0-0".into(),
+    }
+}
+
 fn cmd(args: &[&str]) -> Vec<Vec<u8>> {
     args.iter().map(|a| a.as_bytes().to_vec()).collect()
 }
@@ -229,7 +242,7 @@ fn a_pipeline_of_requests_is_answered_in_order_on_one_connection() {
     );
     assert_eq!(
         lp.call(c, &exists),
-        Frame::Array(vec![Frame::Integer(1); 6])
+        Frame::Array(vec![Frame::Integer(1); commands.script_shas().len()])
     );
     for (load, sha) in commands.load_scripts().iter().zip(commands.script_shas()) {
         assert_eq!(lp.call(c, load), bulk(sha));
@@ -319,13 +332,13 @@ fn a_round_is_published_with_consecutive_ids_and_cids_deduplicated() {
     );
 
     // Read back from the start: the stream holds exactly ids 1..=4 in order.
-    let cursor = Cursor {
-        message: 0,
-        presence: "0-0".into(),
-    };
-    let reply = lp.call(c, &commands.read(&cursor, Duration::from_millis(10), 100));
+    let cursor = origin();
+    let reply = lp.call(
+        c,
+        &commands.read(READER, &cursor, Duration::from_millis(10), 100),
+    );
     assert_eq!(
-        commands.parse_read(reply).unwrap(),
+        commands.parse_read(READER, reply).unwrap(),
         vec![
             Delivery::Message(stored(1, "one", None)),
             Delivery::Message(stored(2, "two", Some("c2"))),
@@ -374,8 +387,11 @@ fn presence(
     commands: &Commands,
     cursor: &mut Cursor,
 ) -> Vec<(PresenceKind, String, String, u64)> {
-    let reply = lp.call(c, &commands.read(cursor, Duration::from_millis(10), 100));
-    let deliveries = commands.parse_read(reply).unwrap();
+    let reply = lp.call(
+        c,
+        &commands.read(READER, cursor, Duration::from_millis(10), 100),
+    );
+    let deliveries = commands.parse_read(READER, reply).unwrap();
     cursor.advance(&deliveries);
     deliveries
         .into_iter()
@@ -432,10 +448,7 @@ fn names_are_unique_across_nodes_case_insensitively() {
     );
 
     use PresenceKind::{Joined, Left};
-    let mut cursor = Cursor {
-        message: 0,
-        presence: "0-0".into(),
-    };
+    let mut cursor = origin();
     assert_eq!(
         presence(&mut lp, c, &commands, &mut cursor),
         vec![
@@ -471,10 +484,7 @@ fn a_dead_nodes_users_leave_once_even_when_two_nodes_reap_at_once() {
         ));
     }
     assert!(parse_alive(lp.call(x, &commands.refresh("live", ttl))).unwrap());
-    let mut cursor = Cursor {
-        message: 0,
-        presence: "0-0".into(),
-    };
+    let mut cursor = origin();
     assert_eq!(presence(&mut lp, x, &commands, &mut cursor).len(), 3);
 
     // Nothing has expired: reaping finds nobody.
@@ -581,15 +591,12 @@ fn a_reader_resumes_after_a_redis_crash_without_a_gap_or_a_duplicate() {
     lp.up(writer);
     lp.up(reader);
     let block = Duration::from_secs(5);
-    let mut cursor = Cursor {
-        message: 0,
-        presence: "0-0".into(),
-    };
+    let mut cursor = origin();
     let mut seen: Vec<u64> = Vec::new();
 
     // The reader blocks first; the writer publishes five rounds of two; the
     // reader takes at most three per read, so it reads several times.
-    let mut read = lp.push(reader, &commands.read(&cursor, block, 3));
+    let mut read = lp.push(reader, &commands.read(READER, &cursor, block, 3));
     lp.flush(reader);
     let publish = |lp: &mut Loop, from: usize, to: usize| {
         for round in (from..to).step_by(2) {
@@ -610,7 +617,7 @@ fn a_reader_resumes_after_a_redis_crash_without_a_gap_or_a_duplicate() {
     };
     publish(&mut lp, 0, 10);
     let take = |lp: &mut Loop, cursor: &mut Cursor, read: u64, seen: &mut Vec<u64>| {
-        let deliveries = commands.parse_read(lp.reply(reader, read)).unwrap();
+        let deliveries = commands.parse_read(READER, lp.reply(reader, read)).unwrap();
         cursor.advance(&deliveries);
         seen.extend(deliveries.iter().map(|d| match d {
             Delivery::Message(m) => m.id,
@@ -619,7 +626,7 @@ fn a_reader_resumes_after_a_redis_crash_without_a_gap_or_a_duplicate() {
     };
     while seen.len() < 10 {
         take(&mut lp, &mut cursor, read, &mut seen);
-        read = lp.push(reader, &commands.read(&cursor, block, 3));
+        read = lp.push(reader, &commands.read(READER, &cursor, block, 3));
         lp.flush(reader);
     }
 
@@ -644,7 +651,7 @@ fn a_reader_resumes_after_a_redis_crash_without_a_gap_or_a_duplicate() {
     // cursor: every id exactly once, in order.
     publish(&mut lp, 10, 14);
     while seen.len() < 14 {
-        read = lp.push(reader, &commands.read(&cursor, block, 3));
+        read = lp.push(reader, &commands.read(READER, &cursor, block, 3));
         lp.flush(reader);
         take(&mut lp, &mut cursor, read, &mut seen);
     }
@@ -654,7 +661,7 @@ fn a_reader_resumes_after_a_redis_crash_without_a_gap_or_a_duplicate() {
     // Nothing more: a read times out empty.
     let last = lp.call(
         reader,
-        &commands.read(&cursor, Duration::from_millis(50), 3),
+        &commands.read(READER, &cursor, Duration::from_millis(50), 3),
     );
-    assert_eq!(commands.parse_read(last).unwrap(), vec![]);
+    assert_eq!(commands.parse_read(READER, last).unwrap(), vec![]);
 }

@@ -1,0 +1,52 @@
+-- Sends a direct message: stores it in the inbox of the recipient's node,
+-- under an id of the chat's one sequence (shared with public messages).
+--
+-- KEYS[1]  the names hash: name key -> node id
+-- KEYS[2]  the online hash: name key -> name as typed
+-- KEYS[3]  the id counter (the one publish.lua allocates from)
+-- KEYS[4]  the cid's record, a hash (only when the DM has a cid)
+-- ARGV[1]  the key prefix: a node's inbox is PREFIX:node:ID:inbox
+--          (derived from the names hash's value, so it cannot be passed
+--          in KEYS; it shares the prefix's hash tag, hence its slot)
+-- ARGV[2]  the recipient's name key, ARGV[3] the sender's name key,
+-- ARGV[4]  ts, ARGV[5] from (as typed), ARGV[6] to (as the sender typed
+--          it), ARGV[7] text, ARGV[8] cid ('' for none),
+-- ARGV[9]  how long a cid is remembered, in seconds,
+-- ARGV[10] the inbox's bound (MAXLEN ~)
+--
+-- Returns {'sent', id, recipient's name as typed}, {'unknown'} when
+-- nobody online has that name (no id is allocated), or
+-- {'duplicate', id, ts, from, to, text} when the same sender sent this cid
+-- before. A cid another sender recorded does not make a duplicate: the DM
+-- is new, and that sender's record is kept.
+local cid = ARGV[8]
+local record = false
+if cid ~= '' then
+  local old = redis.call('HMGET', KEYS[4], 'id', 'ts', 'from', 'to', 'text', 'sender')
+  if old[1] then
+    record = true
+    if old[6] == ARGV[3] then
+      return {'duplicate', tonumber(old[1]), old[2], old[3], old[4], old[5]}
+    end
+  end
+end
+local node = redis.call('HGET', KEYS[1], ARGV[2])
+if not node then
+  return {'unknown'}
+end
+local to = redis.call('HGET', KEYS[2], ARGV[2]) or ARGV[6]
+local id = redis.call('INCR', KEYS[3])
+local inbox = ARGV[1] .. ':node:' .. node .. ':inbox'
+if cid ~= '' then
+  redis.call('XADD', inbox, 'MAXLEN', '~', ARGV[10], '*', 'id', id,
+    'ts', ARGV[4], 'from', ARGV[5], 'to', to, 'text', ARGV[7], 'cid', cid)
+  if not record then
+    redis.call('HSET', KEYS[4], 'id', id, 'ts', ARGV[4], 'from', ARGV[5],
+      'to', to, 'text', ARGV[7], 'sender', ARGV[3])
+    redis.call('EXPIRE', KEYS[4], ARGV[9])
+  end
+else
+  redis.call('XADD', inbox, 'MAXLEN', '~', ARGV[10], '*', 'id', id,
+    'ts', ARGV[4], 'from', ARGV[5], 'to', to, 'text', ARGV[7])
+end
+return {'sent', id, to}
