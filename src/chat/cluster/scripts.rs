@@ -852,6 +852,10 @@ pub fn parse_dm(frame: Frame) -> Result<DmOutcome, ReplyError> {
 
 /// A page of history, oldest first (Redis answers newest first).
 pub fn parse_page(frame: Frame) -> Result<Vec<StoredMessage>, ReplyError> {
+    // Redis answers `COUNT 0` with a nil rather than an empty array.
+    if frame == Frame::Null {
+        return Ok(Vec::new());
+    }
     let mut page = history(frame)?;
     page.reverse();
     Ok(page)
