@@ -32,8 +32,7 @@ impl Node {
     /// has the cluster's state.
     fn start(redis: &Redis) -> Node {
         let url = redis.url();
-        let (mut process, addr) =
-            Logged::mioserver(&["--redis", &url, "--rate-limit", "0"], &[]);
+        let (mut process, addr) = Logged::mioserver(&["--redis", &url, "--rate-limit", "0"], &[]);
         process.wait_for("ready: epoch");
         Node { process, addr }
     }
@@ -41,7 +40,10 @@ impl Node {
     /// `GET /healthz`: the status code and the body.
     fn health(&self) -> (u16, Value) {
         let response = http(self.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
-        (response.status, serde_json::from_str(&response.body).unwrap())
+        (
+            response.status,
+            serde_json::from_str(&response.body).unwrap(),
+        )
     }
 }
 
@@ -121,7 +123,9 @@ fn three_nodes_serve_one_chat() {
     const EACH: usize = 40;
     for i in 0..EACH {
         for (name, client) in [("Ann", &mut ann), ("Bob", &mut bob), ("Cat", &mut cat)] {
-            client.send(json!({"type": "say", "text": format!("{name} {i}"), "cid": format!("{name}-{i}")}));
+            client.send(
+                json!({"type": "say", "text": format!("{name} {i}"), "cid": format!("{name}-{i}")}),
+            );
         }
     }
     let mut sequences = Vec::new();
@@ -131,7 +135,10 @@ fn three_nodes_serve_one_chat() {
             let message = expect(client, "message");
             seen.push((message["id"].as_u64().unwrap(), message["text"].clone()));
         }
-        assert!(seen.windows(2).all(|pair| pair[0].0 < pair[1].0), "ids rise");
+        assert!(
+            seen.windows(2).all(|pair| pair[0].0 < pair[1].0),
+            "ids rise"
+        );
         sequences.push(seen);
     }
     assert_eq!(sequences[0], sequences[1]);
@@ -198,7 +205,10 @@ fn three_nodes_serve_one_chat() {
     bob.send(json!({"type": "nick", "name": "Robert"}));
     for client in [&mut ann, &mut bob, &mut cat] {
         let (_, renamed) = until(client, |m| m["type"] == "renamed");
-        assert_eq!((&renamed["from"], &renamed["to"]), (&json!("Bob"), &json!("Robert")));
+        assert_eq!(
+            (&renamed["from"], &renamed["to"]),
+            (&json!("Bob"), &json!("Robert"))
+        );
     }
     let (_, welcome) = join(nodes[2].addr, "bob");
     assert_eq!(welcome["name"], "bob");
@@ -252,7 +262,10 @@ fn a_redis_restart_loses_nothing_acknowledged_and_doubles_nothing() {
             redis.kill();
             let down = Instant::now();
             while nodes[0].health().0 != 503 {
-                assert!(down.elapsed() < Duration::from_secs(10), "/healthz never said 503");
+                assert!(
+                    down.elapsed() < Duration::from_secs(10),
+                    "/healthz never said 503"
+                );
                 std::thread::yield_now();
             }
             assert_eq!(
@@ -276,7 +289,10 @@ fn a_redis_restart_loses_nothing_acknowledged_and_doubles_nothing() {
                 // Wait for the node to be back rather than spin.
                 let back = Instant::now();
                 while nodes[0].health().0 != 200 {
-                    assert!(back.elapsed() < Duration::from_secs(20), "the node never came back");
+                    assert!(
+                        back.elapsed() < Duration::from_secs(20),
+                        "the node never came back"
+                    );
                     std::thread::yield_now();
                 }
             }

@@ -831,14 +831,21 @@ fn stream_id_order(id: &str) -> (u64, u64) {
 }
 
 #[test]
-fn a_dm_goes_to_the_inbox_of_the_recipients_node_with_an_id_of_the_one_sequence() {
+fn a_dm_goes_to_the_inboxes_of_both_nodes_with_an_id_of_the_one_sequence() {
     let Some(redis) = Redis::start() else { return };
     let commands = Commands::new(CHAT);
     let (mut lp, c) = single(&redis);
     register(&mut lp, c, &commands, &["a", "b"]);
     claim_all(&mut lp, c, &commands, &[("a", "Ann"), ("b", "Bob")]);
-    let send =
-        |lp: &mut Loop, dm: NewDm| parse_dm(lp.call(c, &commands.dm(&dm, CID_TTL, BOUND))).unwrap();
+    // Ann is on node a, Bob on node b.
+    let send = |lp: &mut Loop, dm: NewDm| {
+        let node = if dm.from.eq_ignore_ascii_case("ann") {
+            "a"
+        } else {
+            "b"
+        };
+        parse_dm(lp.call(c, &commands.dm(node, &dm, CID_TTL, BOUND))).unwrap()
+    };
     let sent = |id, to: &str| DmOutcome::Sent { id, to: to.into() };
 
     // Ids are shared with public messages; the recipient is found
@@ -852,7 +859,7 @@ fn a_dm_goes_to_the_inbox_of_the_recipients_node_with_an_id_of_the_one_sequence(
         send(&mut lp, new_dm("Bob", "ANN", "hi Ann", None)),
         sent(3, "Ann")
     );
-    let ttl = lp.call(c, &cmd(&["TTL", "{test}:dmcid:d1"]));
+    let ttl = lp.call(c, &cmd(&["TTL", "{test}:dmcid:ann:d1"]));
     assert!(
         matches!(ttl, Frame::Integer(t) if t > 86_000 && t <= 86_400),
         "{ttl:?}"
@@ -866,8 +873,8 @@ fn a_dm_goes_to_the_inbox_of_the_recipients_node_with_an_id_of_the_one_sequence(
     assert_eq!(publish_one(&mut lp, c, &commands, "public again"), 4);
 
     // The same sender (in any case) resending a cid gets the DM as first
-    // stored; another sender's DM with that cid is new, and does not
-    // replace the first sender's record.
+    // stored; another sender's DM with that cid is new, remembered on its
+    // own, and does not replace the first sender's record.
     let first = DmOutcome::Duplicate(StoredDm {
         id: 2,
         ts: TS.into(),
@@ -891,29 +898,28 @@ fn a_dm_goes_to_the_inbox_of_the_recipients_node_with_an_id_of_the_one_sequence(
         send(&mut lp, new_dm("Ann", "Bob", "resent", Some("d1"))),
         first
     );
+    assert!(matches!(
+        send(&mut lp, new_dm("Bob", "Ann", "same cid", Some("d1"))),
+        DmOutcome::Duplicate(StoredDm { id: 5, .. })
+    ));
 
     // Each node's reader gets both public messages, the presence, and the
-    // DMs to its own users only, in the order they were sent.
+    // DMs to or from its own users only (the sender's node shows the
+    // sender its copy), in the order they were sent.
+    let dms = vec![
+        inbox_entry(2, "Ann", "Bob", "hi Bob", Some("d1")),
+        inbox_entry(3, "Bob", "Ann", "hi Ann", None),
+        inbox_entry(5, "Bob", "Ann", "same cid", Some("d1")),
+    ];
     let mut cursor_a = origin();
     assert_eq!(
         read_all(&mut lp, c, &commands, "a", &mut cursor_a),
-        (
-            vec![1, 4],
-            vec!["Ann".into(), "Bob".into()],
-            vec![
-                inbox_entry(3, "Bob", "Ann", "hi Ann", None),
-                inbox_entry(5, "Bob", "Ann", "same cid", Some("d1")),
-            ]
-        )
+        (vec![1, 4], vec!["Ann".into(), "Bob".into()], dms.clone())
     );
     let mut cursor_b = origin();
     assert_eq!(
         read_all(&mut lp, c, &commands, "b", &mut cursor_b),
-        (
-            vec![1, 4],
-            vec!["Ann".into(), "Bob".into()],
-            vec![inbox_entry(2, "Ann", "Bob", "hi Bob", Some("d1"))]
-        )
+        (vec![1, 4], vec!["Ann".into(), "Bob".into()], dms)
     );
     assert_eq!(cursor_b.message, 4);
 
@@ -922,18 +928,16 @@ fn a_dm_goes_to_the_inbox_of_the_recipients_node_with_an_id_of_the_one_sequence(
         send(&mut lp, new_dm("Ann", "Bob", "again", None)),
         sent(6, "Bob")
     );
-    assert_eq!(
-        read_all(&mut lp, c, &commands, "a", &mut cursor_a),
-        (vec![], vec![], vec![])
-    );
-    assert_eq!(
-        read_all(&mut lp, c, &commands, "b", &mut cursor_b),
-        (
-            vec![],
-            vec![],
-            vec![inbox_entry(6, "Ann", "Bob", "again", None)]
-        )
-    );
+    for (node, cursor) in [("a", &mut cursor_a), ("b", &mut cursor_b)] {
+        assert_eq!(
+            read_all(&mut lp, c, &commands, node, cursor),
+            (
+                vec![],
+                vec![],
+                vec![inbox_entry(6, "Ann", "Bob", "again", None)]
+            )
+        );
+    }
 }
 
 #[test]
@@ -943,10 +947,10 @@ fn reaping_a_dead_node_drops_its_inbox() {
     let (mut lp, c) = single(&redis);
     register(&mut lp, c, &commands, &["dead", "live"]);
     claim_all(&mut lp, c, &commands, &[("dead", "Ann"), ("live", "Bob")]);
-    for (from, to) in [("Bob", "Ann"), ("Ann", "Bob")] {
+    for (node, from, to) in [("live", "Bob", "Ann"), ("dead", "Ann", "Bob")] {
         let reply = lp.call(
             c,
-            &commands.dm(&new_dm(from, to, "hi", None), CID_TTL, BOUND),
+            &commands.dm(node, &new_dm(from, to, "hi", None), CID_TTL, BOUND),
         );
         assert!(matches!(parse_dm(reply).unwrap(), DmOutcome::Sent { .. }));
     }
@@ -964,7 +968,7 @@ fn reaping_a_dead_node_drops_its_inbox() {
     assert_eq!(exists(&mut lp, "live"), Frame::Integer(1));
     let reply = lp.call(
         c,
-        &commands.dm(&new_dm("Bob", "Ann", "hi", None), CID_TTL, BOUND),
+        &commands.dm("live", &new_dm("Bob", "Ann", "hi", None), CID_TTL, BOUND),
     );
     assert_eq!(parse_dm(reply).unwrap(), DmOutcome::UnknownUser);
 }
@@ -1075,7 +1079,7 @@ fn a_snapshot_registers_the_node_and_a_reader_continues_from_it_without_a_gap() 
     claim_all(&mut lp, c, &commands, &[("b", "Cy")]);
     let reply = lp.call(
         c,
-        &commands.dm(&new_dm("Cy", "ann", "hi", None), CID_TTL, BOUND),
+        &commands.dm("b", &new_dm("Cy", "ann", "hi", None), CID_TTL, BOUND),
     );
     assert_eq!(
         parse_dm(reply).unwrap(),

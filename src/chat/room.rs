@@ -279,12 +279,7 @@ impl Room {
     /// and its latest messages, `dropped_through` being the newest id older
     /// than them (see [`Room::restore`]). The `cid`s remembered before
     /// belong to the history being replaced, so they go too.
-    pub fn start_over(
-        &mut self,
-        epoch: String,
-        kept: Vec<Arc<ChatMessage>>,
-        dropped_through: u64,
-    ) {
+    pub fn start_over(&mut self, epoch: String, kept: Vec<Arc<ChatMessage>>, dropped_through: u64) {
         self.epoch = epoch;
         self.history.clear();
         self.said = Recent::default();

@@ -528,9 +528,9 @@ impl<S: Service> Server<S> {
             self.shutdown_by,
             self.service.next_deadline(),
         ]
-            .into_iter()
-            .flatten()
-            .min()?;
+        .into_iter()
+        .flatten()
+        .min()?;
         // Round up to the next millisecond: epoll sleeps in whole
         // milliseconds, and waking a hair early would spin a turn for nothing.
         let wait = next.saturating_duration_since(Instant::now());

@@ -7,8 +7,8 @@
 //! source; `docs/cluster.md` describes the design.
 
 pub mod conn;
-pub mod node;
 pub mod link;
+pub mod node;
 pub mod scripts;
 
 use std::collections::hash_map::RandomState;

@@ -14,10 +14,10 @@
 //!   was delivered; every answer moves the cursor and asks again at once.
 //!   After a reconnect it reads on from the cursor: no gap, no duplicate.
 //!
-//! Nothing is shown before Redis has it: the chat broadcasts public
-//! messages only as the history stream delivers them, its own included,
-//! and acknowledges a DM only once the script has put it in the
-//! recipient's inbox.
+//! Nothing is shown before Redis has it: the chat shows public messages
+//! only as the history stream delivers them, its own included, and a DM
+//! as its node's inbox does (the sender's node gets a copy of its own), so
+//! that nobody sees a DM before a public message with a smaller id.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -373,7 +373,7 @@ impl Node {
 
     /// Sends a DM through the recipient's node.
     pub fn dm(&mut self, conn: ConnId, dm: NewDm, now: Instant) -> Result<(), Unreachable> {
-        let command = self.commands.dm(&dm, CID_TTL, EVENT_BOUND);
+        let command = self.commands.dm(&self.id, &dm, CID_TTL, EVENT_BOUND);
         self.ask(Pending::Dm(Some(conn), dm), &command, now)
     }
 
@@ -657,7 +657,12 @@ impl Node {
 
     /// Hands `answer` to the chat, or `unavailable` (with `cid`) if the
     /// reply made no sense.
-    fn answer(&mut self, conn: Option<ConnId>, answer: Result<Answer, ReplyError>, cid: Option<Cid>) {
+    fn answer(
+        &mut self,
+        conn: Option<ConnId>,
+        answer: Result<Answer, ReplyError>,
+        cid: Option<Cid>,
+    ) {
         match answer {
             Ok(answer) => {
                 if let Some(conn) = conn {
@@ -704,7 +709,12 @@ impl Node {
 
     /// Sends a request a connection waits for; `Unavailable` if Redis
     /// cannot be asked now.
-    fn ask(&mut self, pending: Pending, command: &[Vec<u8>], now: Instant) -> Result<(), Unreachable> {
+    fn ask(
+        &mut self,
+        pending: Pending,
+        command: &[Vec<u8>],
+        now: Instant,
+    ) -> Result<(), Unreachable> {
         if !self.is_up() {
             return Err(Unreachable);
         }

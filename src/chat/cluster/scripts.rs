@@ -18,7 +18,7 @@
 //! | `{CHAT}:next_id` | string | the last message id allocated |
 //! | `{CHAT}:history` | stream | public messages, entry id `ID-0` |
 //! | `{CHAT}:cid:CID` | string | the id a cid got, expiring after 24 h |
-//! | `{CHAT}:dmcid:CID` | hash | a DM's id, fields and sender's name key for its cid, expiring after 24 h |
+//! | `{CHAT}:dmcid:SENDER:CID` | hash | a DM's id, fields and sender's name key for its sender's cid, expiring after 24 h |
 //! | `{CHAT}:presence` | stream | `joined`, `left` and `renamed` events |
 //! | `{CHAT}:names` | hash | name key (lowercase) → node id |
 //! | `{CHAT}:online` | hash | name key → name as typed, for `who` |
@@ -475,14 +475,19 @@ impl Commands {
         )
     }
 
-    /// Sends `message` to the inbox of its recipient's node (kept to about
-    /// `bound` entries), under the next id of the chat's one sequence; its
-    /// cid, if any, is remembered for `cid_ttl`.
-    pub fn dm(&self, message: &NewDm, cid_ttl: Duration, bound: usize) -> Vec<Vec<u8>> {
+    /// Sends `message` from a user of `node` to the inbox of its
+    /// recipient's node and, if that is another, of `node` (kept to about
+    /// `bound` entries each), under the next id of the chat's one
+    /// sequence; its cid, if any, is remembered for `cid_ttl`, per sender.
+    pub fn dm(&self, node: &str, message: &NewDm, cid_ttl: Duration, bound: usize) -> Vec<Vec<u8>> {
+        let sender = name_key(&message.from);
+        // Keyed by sender too: a cid another user happens to send is
+        // another DM, remembered on its own. Names hold no `:`, so the key
+        // reads back unambiguously.
         let cid_key = message
             .cid
             .as_ref()
-            .map(|cid| format!("{}:dmcid:{cid}", self.prefix));
+            .map(|cid| format!("{}:dmcid:{sender}:{cid}", self.prefix));
         let mut keys = vec![
             self.names.as_str(),
             self.online.as_str(),
@@ -494,7 +499,7 @@ impl Commands {
             strings(&[
                 &self.prefix,
                 &name_key(&message.to),
-                &name_key(&message.from),
+                &sender,
                 &message.ts,
                 &message.from,
                 &message.to,
@@ -502,6 +507,7 @@ impl Commands {
                 message.cid.as_deref().unwrap_or(""),
                 &cid_ttl.as_secs().max(1).to_string(),
                 &bound.to_string(),
+                node,
             ]),
         )
     }

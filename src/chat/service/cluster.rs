@@ -43,7 +43,12 @@ impl Chat {
         let keep = config.history.max(config.max_resume);
         room.keep(keep);
         let node = Node::new(url, keep, std::time::Instant::now());
-        log::info!("cluster node {} on redis://{}/{}", node.id(), url.addr, url.db);
+        log::info!(
+            "cluster node {} on redis://{}/{}",
+            node.id(),
+            url.addr,
+            url.db
+        );
         Chat::with(config, room, Backend::Cluster(node))
     }
 
@@ -109,10 +114,9 @@ impl Chat {
                     }
                 }
             }
-            Request::History { before, limit } if !self.room.keeps_page(*before, *limit) => {
-                node.page(conn, before.unwrap_or(u64::MAX), *limit, now)
-                    .map_err(|_| unavailable())
-            }
+            Request::History { before, limit } if !self.room.keeps_page(*before, *limit) => node
+                .page(conn, before.unwrap_or(u64::MAX), *limit, now)
+                .map_err(|_| unavailable()),
             Request::History { .. } | Request::Who => return Some(request),
         };
         match asked {
@@ -184,7 +188,11 @@ impl Chat {
                 out.close(conn, CloseCode::Away, "the cluster was reset: join again");
             }
         }
-        let kept: Vec<_> = snapshot.history.into_iter().filter_map(chat_message).collect();
+        let kept: Vec<_> = snapshot
+            .history
+            .into_iter()
+            .filter_map(chat_message)
+            .collect();
         // The newest id older than what is kept, as far as this node can
         // tell: a resume from before the first kept message is incomplete.
         let dropped_through = kept
@@ -249,15 +257,17 @@ impl Chat {
                 }
             }
             Streamed::Inbox(dm) => {
-                let Some(recipient) = self.room.user_named(&dm.to) else {
-                    // The recipient left since the DM was sent.
-                    return;
+                // To the recipient and the sender, those of them who are
+                // here (a DM to oneself once); either may have left since.
+                let to = match (self.room.user_named(&dm.from), self.room.user_named(&dm.to)) {
+                    (Some(sender), Some(recipient)) => Audience::Pair(sender, recipient),
+                    (Some(one), None) | (None, Some(one)) => Audience::One(one),
+                    (None, None) => return,
                 };
-                (Audience::One(recipient), inbox_dm(dm))
+                (to, inbox_dm(dm))
             }
         };
-        self.releases
-            .push(Release::Send(Delivery { to, message }));
+        self.releases.push(Release::Send(Delivery { to, message }));
     }
 
     /// Redis answered a request of `conn`.
@@ -302,17 +312,14 @@ impl Chat {
             Answer::Dm(dm, outcome) => {
                 let message = match outcome {
                     DmOutcome::Sent { id, to } => {
-                        let self_dm = self.room.user_named(&to) == Some(conn);
+                        // The inbox shows it to the sender, after every
+                        // public message with a smaller id; it is only
+                        // remembered here, for a resend.
                         let message = sent_dm(id, dm, to);
                         if let ServerMessage::Dm { cid: Some(cid), .. } = &message {
                             self.room.remember_dm(cid.clone(), message.clone());
                         }
-                        if self_dm {
-                            // The inbox delivers it: a DM to oneself is
-                            // delivered once.
-                            return;
-                        }
-                        message
+                        return;
                     }
                     DmOutcome::Duplicate(stored) => ServerMessage::Dm {
                         id: stored.id,
@@ -455,7 +462,7 @@ fn chat_message(stored: StoredMessage) -> Option<Arc<ChatMessage>> {
     }))
 }
 
-/// A DM Redis accepted, as its sender sees it.
+/// A DM Redis accepted, as its sender's node remembers it.
 fn sent_dm(id: u64, dm: NewDm, to: String) -> ServerMessage {
     ServerMessage::Dm {
         id,
@@ -467,7 +474,7 @@ fn sent_dm(id: u64, dm: NewDm, to: String) -> ServerMessage {
     }
 }
 
-/// A DM from this node's inbox, as its recipient sees it.
+/// A DM from this node's inbox, as its sender and recipient see it.
 fn inbox_dm(dm: InboxDm) -> ServerMessage {
     ServerMessage::Dm {
         id: dm.id,

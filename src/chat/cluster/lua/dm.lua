@@ -1,5 +1,6 @@
 -- Sends a direct message: stores it in the inbox of the recipient's node,
--- under an id of the chat's one sequence (shared with public messages).
+-- and in the sender's node's if that is another, under an id of the
+-- chat's one sequence (shared with public messages).
 --
 -- KEYS[1]  the names hash: name key -> node id
 -- KEYS[2]  the online hash: name key -> name as typed
@@ -12,7 +13,7 @@
 -- ARGV[4]  ts, ARGV[5] from (as typed), ARGV[6] to (as the sender typed
 --          it), ARGV[7] text, ARGV[8] cid ('' for none),
 -- ARGV[9]  how long a cid is remembered, in seconds,
--- ARGV[10] the inbox's bound (MAXLEN ~)
+-- ARGV[10] the inbox's bound (MAXLEN ~), ARGV[11] the sender's node id
 --
 -- Returns {'sent', id, recipient's name as typed}, {'unknown'} when
 -- nobody online has that name (no id is allocated), or
@@ -36,17 +37,24 @@ if not node then
 end
 local to = redis.call('HGET', KEYS[2], ARGV[2]) or ARGV[6]
 local id = redis.call('INCR', KEYS[3])
-local inbox = ARGV[1] .. ':node:' .. node .. ':inbox'
+local fields = {'id', id, 'ts', ARGV[4], 'from', ARGV[5], 'to', to, 'text', ARGV[7]}
 if cid ~= '' then
-  redis.call('XADD', inbox, 'MAXLEN', '~', ARGV[10], '*', 'id', id,
-    'ts', ARGV[4], 'from', ARGV[5], 'to', to, 'text', ARGV[7], 'cid', cid)
-  if not record then
-    redis.call('HSET', KEYS[4], 'id', id, 'ts', ARGV[4], 'from', ARGV[5],
-      'to', to, 'text', ARGV[7], 'sender', ARGV[3])
-    redis.call('EXPIRE', KEYS[4], ARGV[9])
-  end
-else
-  redis.call('XADD', inbox, 'MAXLEN', '~', ARGV[10], '*', 'id', id,
-    'ts', ARGV[4], 'from', ARGV[5], 'to', to, 'text', ARGV[7])
+  fields[#fields + 1] = 'cid'
+  fields[#fields + 1] = cid
+end
+-- The recipient's node shows it to the recipient; the sender's node (if
+-- another) to the sender, as its acknowledgement. Both read it from their
+-- inbox with the history, so neither sees it before a public message
+-- with a smaller id.
+redis.call('XADD', ARGV[1] .. ':node:' .. node .. ':inbox', 'MAXLEN', '~', ARGV[10], '*',
+  unpack(fields))
+if ARGV[11] ~= node then
+  redis.call('XADD', ARGV[1] .. ':node:' .. ARGV[11] .. ':inbox', 'MAXLEN', '~', ARGV[10], '*',
+    unpack(fields))
+end
+if cid ~= '' and not record then
+  redis.call('HSET', KEYS[4], 'id', id, 'ts', ARGV[4], 'from', ARGV[5],
+    'to', to, 'text', ARGV[7], 'sender', ARGV[3])
+  redis.call('EXPIRE', KEYS[4], ARGV[9])
 end
 return {'sent', id, to}
