@@ -31,8 +31,15 @@ impl Node {
     /// Starts `mioserver --redis URL` (rate limiting off) and waits until it
     /// has the cluster's state.
     fn start(redis: &Redis) -> Node {
+        Node::start_with(redis, &[])
+    }
+
+    /// The same with more flags.
+    fn start_with(redis: &Redis, flags: &[&str]) -> Node {
         let url = redis.url();
-        let (mut process, addr) = Logged::mioserver(&["--redis", &url, "--rate-limit", "0"], &[]);
+        let mut args = vec!["--redis", &url, "--rate-limit", "0"];
+        args.extend(flags);
+        let (mut process, addr) = Logged::mioserver(&args, &[]);
         process.wait_for("ready: epoch");
         Node { process, addr }
     }
@@ -87,7 +94,7 @@ fn joined(name: &str) -> impl Fn(&Value) -> bool + '_ {
 
 #[test]
 fn three_nodes_serve_one_chat() {
-    let Some((_redis, nodes)) = cluster(3) else {
+    let Some((redis, nodes)) = cluster(3) else {
         return;
     };
     let (mut ann, welcome) = join(nodes[0].addr, "Ann");
@@ -212,6 +219,42 @@ fn three_nodes_serve_one_chat() {
     }
     let (_, welcome) = join(nodes[2].addr, "bob");
     assert_eq!(welcome["name"], "bob");
+
+    // A node that keeps only the last two messages in memory pages back
+    // through Redis, and a welcome carries its last two.
+    let pager = Node::start_with(&redis, &["--history", "2", "--max-resume", "2"]);
+    let (mut reader, welcome) = join(pager.addr, "Reader");
+    let texts = |messages: &Value| -> Vec<String> {
+        let list = messages.as_array().unwrap();
+        list.iter()
+            .map(|m| m["text"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(texts(&welcome["history"]), ["missed 1", "missed 2"]);
+    let oldest_kept = welcome["history"][0]["id"].as_u64().unwrap();
+    reader.send(json!({"type": "history", "before": oldest_kept, "limit": 2}));
+    let (_, page) = until(&mut reader, |m| m["type"] == "history");
+    assert_eq!(texts(&page["messages"]), ["once", "missed 0"]);
+}
+
+#[test]
+fn nodes_started_with_reuse_port_share_one_port() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = free.local_addr().unwrap().to_string();
+    drop(free);
+    let node = || {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mioserver"));
+        command.args([&addr, "--redis", &redis.url(), "--reuse-port"]);
+        let mut node = Logged::spawn(&mut command);
+        node.wait_for(&format!("listening on ws://{addr}/"));
+        node
+    };
+    // Without SO_REUSEPORT the second bind would fail ("address in use").
+    let _first = node();
+    let _second = node();
 }
 
 #[test]
