@@ -1568,4 +1568,154 @@ mod tests {
             }
         ));
     }
+
+    /// The cluster's parts of the room: what a node checks before it asks
+    /// Redis, what it records as the stream delivers, and the other
+    /// nodes' users.
+    mod cluster {
+        use super::*;
+
+        fn cid(text: &str) -> Option<Cid> {
+            Cid::new(text)
+        }
+
+        #[test]
+        fn compose_checks_a_say_without_posting_it() {
+            let room = room_with(RoomConfig::default(), &[(ALICE, "Alice")]);
+            assert_eq!(
+                room.compose(ALICE, "hi".into(), cid("c1"), at(1)),
+                Ok(Composed::New(ChatMessage {
+                    id: 0,
+                    ts: at(1),
+                    from: "Alice".into(),
+                    text: "hi".into(),
+                    cid: cid("c1"),
+                }))
+            );
+            assert_eq!(room.next_id(), 1, "no id is taken");
+            assert!(room.page(None, 10).is_empty(), "nothing is kept");
+            let refusal = room.compose(ALICE, " ".into(), None, at(1)).unwrap_err();
+            assert!(matches!(
+                refusal,
+                ServerMessage::Error {
+                    code: ErrorCode::EmptyText,
+                    ..
+                }
+            ));
+            assert_eq!(
+                room.compose(BOB, "hi".into(), None, at(1)),
+                Err(not_joined())
+            );
+        }
+
+        #[test]
+        fn recorded_messages_are_kept_and_their_cids_acknowledged() {
+            let mut room = room_with(RoomConfig::default(), &[(ALICE, "Alice")]);
+            let mut stored = ChatMessage::clone(&chat(7, at(1), "Bob", "from elsewhere"));
+            stored.cid = cid("c1");
+            let stored = Arc::new(stored);
+            room.record(Arc::clone(&stored));
+            assert_eq!(room.page(None, 10), [Arc::clone(&stored)]);
+            assert_eq!(
+                room.compose(ALICE, "again".into(), cid("c1"), at(2)),
+                Ok(Composed::Resent(stored))
+            );
+        }
+
+        #[test]
+        fn a_node_keeps_more_than_a_welcome_carries() {
+            let config = RoomConfig {
+                history_len: 2,
+                ..RoomConfig::default()
+            };
+            let mut room = Room::new(config, EPOCH.into());
+            room.keep(4);
+            for id in 1..=5 {
+                room.record(chat(id, at(0), "Bob", &format!("m{id}")));
+            }
+            let ids = |history: Vec<Arc<ChatMessage>>| -> Vec<u64> {
+                history.iter().map(|m| m.id).collect()
+            };
+            assert_eq!(
+                ids(history_on_join(&mut room, ALICE, join("Alice"))),
+                [4, 5]
+            );
+            // A resume from the oldest kept message is served from memory.
+            assert_eq!(
+                ids(history_on_join(&mut room, BOB, join_since("Bob", 2))),
+                [3, 4, 5]
+            );
+            assert!(room.keeps_since(1) && !room.keeps_since(0));
+        }
+
+        #[test]
+        fn the_other_nodes_users_are_listed_and_their_names_taken() {
+            let mut room = room_with(RoomConfig::default(), &[(ALICE, "Alice")]);
+            room.set_remote(["Bob", "Carol"]);
+            room.remote_joined("Dave");
+            room.remote_left("Carol");
+            run(&mut room, ERIN, join("Erin"), at(1));
+            let mut users = match run(&mut room, ERIN, Request::Who, at(1)).remove(0).message {
+                ServerMessage::Users { users } => users.names(),
+                other => panic!("expected users, got {other:?}"),
+            };
+            users.sort();
+            assert_eq!(users, ["Alice", "Bob", "Dave", "Erin"]);
+            assert_eq!(room.online(), 2, "online counts this node's users");
+            assert_eq!(room.check_name(CAROL, "bob", false), Err(name_taken("bob")));
+            assert_eq!(room.check_name(CAROL, "Carol", false), Ok(()));
+            assert_eq!(
+                room.check_name(ALICE, "Carol", false),
+                Err(already_joined())
+            );
+            assert_eq!(room.check_name(CAROL, "Carol", true), Err(not_joined()));
+            assert_eq!(
+                room.check_name(ALICE, "DAVE", true),
+                Err(name_taken("DAVE"))
+            );
+            assert_eq!(room.user_named("ALICE"), Some(ALICE));
+            assert_eq!(room.user_named("Bob"), None, "Bob is on another node");
+        }
+
+        #[test]
+        fn a_dm_may_go_to_another_nodes_user_and_a_resend_is_acknowledged() {
+            let mut room = room_with(RoomConfig::default(), &[(ALICE, "Alice")]);
+            room.set_remote(["Bob"]);
+            assert_eq!(room.check_dm(ALICE, "bob", "psst", None), Ok(None));
+            assert_eq!(
+                room.check_dm(ALICE, "Nobody", "psst", None),
+                Err(unknown_user("Nobody"))
+            );
+            let sent = ServerMessage::Dm {
+                id: 9,
+                ts: at(1),
+                from: "Alice".into(),
+                to: "Bob".into(),
+                text: "psst".into(),
+                cid: cid("d1"),
+            };
+            room.remember_dm(Cid::new("d1").unwrap(), sent.clone());
+            assert_eq!(
+                room.check_dm(ALICE, "Bob", "psst", cid("d1").as_ref()),
+                Ok(Some(sent))
+            );
+            assert_eq!(room.check_dm(BOB, "Alice", "x", None), Err(not_joined()));
+        }
+
+        #[test]
+        fn starting_over_replaces_the_history_and_the_epoch() {
+            let mut room = room_with(RoomConfig::default(), &[(ALICE, "Alice")]);
+            let mut old = ChatMessage::clone(&chat(3, at(0), "Alice", "old"));
+            old.cid = cid("c1");
+            room.record(Arc::new(old));
+            room.start_over("new-epoch".into(), vec![chat(8, at(1), "Bob", "new")], 7);
+            assert_eq!(room.epoch(), "new-epoch");
+            assert_eq!(room.page(None, 10), [chat(8, at(1), "Bob", "new")]);
+            assert!(!room.keeps_since(6) && room.keeps_since(7));
+            assert!(matches!(
+                room.compose(ALICE, "old".into(), cid("c1"), at(2)),
+                Ok(Composed::New(_))
+            ));
+        }
+    }
 }
