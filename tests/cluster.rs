@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::process::Logged;
+use common::proxy::Proxy;
 use common::redis::Redis;
 use common::{http, Client};
 use serde_json::{json, Value};
@@ -36,8 +37,12 @@ impl Node {
 
     /// The same with more flags.
     fn start_with(redis: &Redis, flags: &[&str]) -> Node {
-        let url = redis.url();
-        let mut args = vec!["--redis", &url, "--rate-limit", "0"];
+        Node::start_on(&redis.url(), flags)
+    }
+
+    /// The same, on the Redis at `url`.
+    fn start_on(url: &str, flags: &[&str]) -> Node {
+        let mut args = vec!["--redis", url, "--rate-limit", "0"];
         args.extend(flags);
         let (mut process, addr) = Logged::mioserver(&args, &[]);
         process.wait_for("ready: epoch");
@@ -369,4 +374,67 @@ fn a_redis_restart_loses_nothing_acknowledged_and_doubles_nothing() {
     assert_eq!(welcome["recovered"], true);
     let history: Vec<&Value> = welcome["history"].as_array().unwrap().iter().collect();
     assert_eq!(history, expected_by_id);
+}
+
+#[test]
+fn a_node_cut_off_from_redis_is_declared_dead_and_its_users_rejoin_without_loss() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    // Node 0 reaches Redis through a proxy that can cut it off; node 1
+    // directly.
+    let proxy = Proxy::start(redis.addr);
+    let behind = Node::start_on(&format!("redis://{}/", proxy.addr), &[]);
+    let direct = Node::start(&redis);
+    let (mut watcher, _) = join(direct.addr, "Watcher");
+    let (mut writer, _) = join(behind.addr, "Writer");
+    until(&mut watcher, joined("Writer"));
+    writer.send(json!({"type": "say", "text": "before", "cid": "p1"}));
+    until(&mut writer, |m| m["text"] == "before");
+    until(&mut watcher, |m| m["text"] == "before");
+
+    // The partition: bytes are lost both ways, nothing is closed. The
+    // message sent meanwhile is never acknowledged; the other node
+    // declares the silent one dead and reports its user `left`.
+    proxy.partition(true);
+    writer.send(json!({"type": "say", "text": "during", "cid": "p2"}));
+    let (skipped, left) = {
+        let mut skipped = Vec::new();
+        loop {
+            let message = watcher.recv_within(LEFT_WITHIN);
+            if message["type"] == "left" {
+                break (skipped, message);
+            }
+            skipped.push(message);
+        }
+    };
+    assert_eq!(left["name"], "Writer");
+    assert!(skipped.is_empty(), "nothing got through: {skipped:?}");
+
+    // Healed: the node finds it was declared dead, and closes its
+    // connections so that their users join again.
+    proxy.partition(false);
+    loop {
+        match writer.recv_frame_within(LEFT_WITHIN) {
+            tungstenite::Message::Close(Some(frame)) => {
+                assert_eq!(u16::from(frame.code), 1001);
+                break;
+            }
+            tungstenite::Message::Text(text) => {
+                let message: Value = serde_json::from_str(&text).unwrap();
+                assert_ne!(message["type"], "message", "not acknowledged: {message}");
+            }
+            _ => {}
+        }
+    }
+    // The writer comes back (on the other node) and resends what was not
+    // acknowledged, with its cid: it is posted once.
+    let (mut writer, _) = join(direct.addr, "Writer");
+    writer.send(json!({"type": "say", "text": "during", "cid": "p2"}));
+    let posted = until(&mut writer, |m| m["type"] == "message").1;
+    assert_eq!(posted["text"], "during");
+    let (_, seen) = until(&mut watcher, |m| m["type"] == "message");
+    assert_eq!(seen, posted);
+    let (_, back) = join(behind.addr, "Again");
+    assert_eq!(back["history"].as_array().unwrap().len(), 2, "{back}");
 }

@@ -6,16 +6,17 @@
 //!
 //! Every wait has a deadline and waits for a line, never for a time.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::proxy::Proxy;
 use miochat::evloop::config::LoopConfig;
 use miochat::{ServerConfig, ServerHandle};
 
@@ -37,91 +38,6 @@ fn server_on(addr: SocketAddr) -> ServerHandle {
         ..Default::default()
     })
     .expect("the server starts")
-}
-
-/// One proxied connection: the client's socket, the server's socket, and
-/// whether the server's bytes are thrown away.
-type Link = (TcpStream, TcpStream, Arc<AtomicBool>);
-
-/// A TCP proxy in front of a server, whose connections the test can make
-/// deaf (the server's bytes no longer reach the client) and cut, while the
-/// server stays up: a lost connection on demand.
-struct Proxy {
-    /// Where clients connect.
-    addr: SocketAddr,
-    /// The open connections.
-    links: Arc<Mutex<Vec<Link>>>,
-}
-
-impl Proxy {
-    /// A proxy on a free port of 127.0.0.1 to `server`.
-    fn start(server: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let links = Arc::new(Mutex::new(Vec::new()));
-        let accepted = Arc::clone(&links);
-        // The thread lives as long as the test process: it only accepts.
-        thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { return };
-                let Ok(upstream) = TcpStream::connect(server) else {
-                    continue;
-                };
-                let deaf = Arc::new(AtomicBool::new(false));
-                pump(
-                    client.try_clone().unwrap(),
-                    upstream.try_clone().unwrap(),
-                    None,
-                );
-                pump(
-                    upstream.try_clone().unwrap(),
-                    client.try_clone().unwrap(),
-                    Some(Arc::clone(&deaf)),
-                );
-                accepted.lock().unwrap().push((client, upstream, deaf));
-            }
-        });
-        Proxy { addr, links }
-    }
-
-    /// From now on, what the server sends on the open connections is lost.
-    fn deafen(&self) {
-        for (_, _, deaf) in self.links.lock().unwrap().iter() {
-            deaf.store(true, Ordering::SeqCst);
-        }
-    }
-
-    /// Cuts every open connection, both ways. New ones are served afresh.
-    fn cut(&self) {
-        for (client, upstream, _) in self.links.lock().unwrap().drain(..) {
-            let _ = client.shutdown(Shutdown::Both);
-            let _ = upstream.shutdown(Shutdown::Both);
-        }
-    }
-}
-
-/// Copies `from` to `to` on a thread until either ends; drops the bytes
-/// instead while `deaf` is set.
-fn pump(mut from: TcpStream, mut to: TcpStream, deaf: Option<Arc<AtomicBool>>) {
-    thread::spawn(move || {
-        let mut buf = [0; 16 * 1024];
-        loop {
-            let n = match from.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            if deaf
-                .as_ref()
-                .is_some_and(|deaf| deaf.load(Ordering::SeqCst))
-            {
-                continue;
-            }
-            if to.write_all(&buf[..n]).is_err() {
-                break;
-            }
-        }
-        let _ = to.shutdown(Shutdown::Both);
-    });
 }
 
 /// A `mioserver` process, so that it can be killed with `kill -9`.

@@ -11,6 +11,7 @@
 
 pub mod pki;
 pub mod process;
+pub mod proxy;
 pub mod redis;
 
 use std::io::{self, Read, Write};
@@ -194,12 +195,23 @@ impl<S: Read + Write> Client<S> {
     pub fn recv_within(&mut self, limit: std::time::Duration) -> Value {
         let give_up = std::time::Instant::now() + limit;
         loop {
-            match self.ws.read() {
-                Ok(Message::Text(text)) => {
+            let left = give_up.saturating_duration_since(std::time::Instant::now());
+            match self.recv_frame_within(left) {
+                Message::Text(text) => {
                     return serde_json::from_str(&text).expect("a JSON text frame")
                 }
-                Ok(Message::Ping(_) | Message::Pong(_)) => {}
-                Ok(other) => panic!("expected a text frame, got {other:?}"),
+                Message::Ping(_) | Message::Pong(_) => {}
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next frame of any kind, waiting up to `limit` for it.
+    pub fn recv_frame_within(&mut self, limit: std::time::Duration) -> Message {
+        let give_up = std::time::Instant::now() + limit;
+        loop {
+            match self.ws.read() {
+                Ok(message) => return message,
                 Err(tungstenite::Error::Io(err))
                     if matches!(
                         err.kind(),
