@@ -404,6 +404,13 @@ fn main() -> ExitCode {
         .init();
 
     let mut config = args.config();
+    if config.net.reuse_port && config.redis.is_none() {
+        // Legal (a balancer of independent servers), but rarely meant:
+        // the processes share no users, and must not share a --db file.
+        log::warn!(
+            "--reuse-port without --redis: each process sharing this port is a chat of its own"
+        );
+    }
     let tls_files = args.tls.tls_cert.clone().zip(args.tls.tls_key.clone());
     if let Some((cert, key)) = &tls_files {
         match tls::load(cert, key) {
