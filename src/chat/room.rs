@@ -203,9 +203,11 @@ impl Room {
         }))
     }
 
-    /// Checks that `user` may take `name` with a `join` (or a `nick`, when
-    /// `renaming`): joined (or not) as that requires, a valid name, and not
-    /// anyone else's here or on another server of the cluster.
+    /// Checks what a cluster node can check of a `join` (or a `nick`,
+    /// when `renaming`) before it asks Redis for the name: joined (or not)
+    /// as that requires, a valid name, and not another user's of this
+    /// server. Whether a user of another server has it is Redis's to say:
+    /// what this room knows of them may be a moment old.
     pub fn check_name(
         &self,
         user: UserId,
@@ -215,17 +217,18 @@ impl Room {
         match (renaming, self.is_joined(user)) {
             (false, true) => Err(already_joined()),
             (true, false) => Err(not_joined()),
-            _ => self.available_key(user, name).map(drop),
+            _ => self.free_here(user, name).map(drop),
         }
     }
 
-    /// Checks a `dm` of a cluster node, whose recipient may be on another
-    /// server: the text, and that the recipient is online somewhere. A
-    /// resent `cid` of the sender's is answered as [`Room::handle`] does.
+    /// Checks a `dm` of a cluster node before it asks Redis to route it:
+    /// the sender and the text. Whether the recipient is online, on any
+    /// server, is Redis's to say (what this room knows of the others may
+    /// be a moment old). A resent `cid` of the sender's is answered as
+    /// [`Room::handle`] does.
     pub fn check_dm(
         &self,
         user: UserId,
-        to: &str,
         text: &str,
         cid: Option<&Cid>,
     ) -> Result<Option<ServerMessage>, ServerMessage> {
@@ -240,10 +243,6 @@ impl Room {
             }
         }
         self.check_text(text)?;
-        let key = name_key(to);
-        if !self.by_key.contains_key(&key) && !self.remote.contains_key(&key) {
-            return Err(unknown_user(to));
-        }
         Ok(None)
     }
 
@@ -639,12 +638,21 @@ impl Room {
     /// name of anyone else (one's own, in any case, is fine). Returns its
     /// [`name_key`].
     fn available_key(&self, user: UserId, name: &str) -> Result<String, ServerMessage> {
+        let key = self.free_here(user, name)?;
+        if !self.by_key.contains_key(&key) && self.remote.contains_key(&key) {
+            return Err(name_taken(name));
+        }
+        Ok(key)
+    }
+
+    /// The part of [`Room::available_key`] that concerns this server: a
+    /// valid name that no other user here has.
+    fn free_here(&self, user: UserId, name: &str) -> Result<String, ServerMessage> {
         validate_name(name)
             .map_err(|reason| ServerMessage::error(ErrorCode::InvalidName, reason))?;
         let key = name_key(name);
         match self.by_key.get(&key) {
             Some(&owner) if owner != user => Err(name_taken(name)),
-            None if self.remote.contains_key(&key) => Err(name_taken(name)),
             _ => Ok(key),
         }
     }
@@ -1662,16 +1670,34 @@ mod tests {
             users.sort();
             assert_eq!(users, ["Alice", "Bob", "Dave", "Erin"]);
             assert_eq!(room.online(), 2, "online counts this node's users");
-            assert_eq!(room.check_name(CAROL, "bob", false), Err(name_taken("bob")));
-            assert_eq!(room.check_name(CAROL, "Carol", false), Ok(()));
+            // Another node's user is Redis's to refuse: the room's view of
+            // them may be a moment old. Its own are the room's.
+            assert_eq!(room.check_name(CAROL, "bob", false), Ok(()));
+            assert_eq!(
+                room.check_name(CAROL, "ERIN", false),
+                Err(name_taken("ERIN"))
+            );
             assert_eq!(
                 room.check_name(ALICE, "Carol", false),
                 Err(already_joined())
             );
             assert_eq!(room.check_name(CAROL, "Carol", true), Err(not_joined()));
+            assert_eq!(room.check_name(ALICE, "alice", true), Ok(()));
             assert_eq!(
-                room.check_name(ALICE, "DAVE", true),
-                Err(name_taken("DAVE"))
+                room.check_name(CAROL, "no spaces", false),
+                Err(ServerMessage::error(
+                    ErrorCode::InvalidName,
+                    validate_name("no spaces").unwrap_err()
+                ))
+            );
+            // For the room itself, a name in its last view of the other
+            // nodes is taken.
+            assert_eq!(
+                run(&mut room, CAROL, join("DAVE"), at(2)),
+                [Delivery {
+                    to: One(CAROL),
+                    message: name_taken("DAVE")
+                }]
             );
             assert_eq!(room.user_named("ALICE"), Some(ALICE));
             assert_eq!(room.user_named("Bob"), None, "Bob is on another node");
@@ -1681,11 +1707,14 @@ mod tests {
         fn a_dm_may_go_to_another_nodes_user_and_a_resend_is_acknowledged() {
             let mut room = room_with(RoomConfig::default(), &[(ALICE, "Alice")]);
             room.set_remote(["Bob"]);
-            assert_eq!(room.check_dm(ALICE, "bob", "psst", None), Ok(None));
-            assert_eq!(
-                room.check_dm(ALICE, "Nobody", "psst", None),
-                Err(unknown_user("Nobody"))
-            );
+            assert_eq!(room.check_dm(ALICE, "psst", None), Ok(None));
+            assert!(matches!(
+                room.check_dm(ALICE, "  ", None),
+                Err(ServerMessage::Error {
+                    code: ErrorCode::EmptyText,
+                    ..
+                })
+            ));
             let sent = ServerMessage::Dm {
                 id: 9,
                 ts: at(1),
@@ -1696,10 +1725,10 @@ mod tests {
             };
             room.remember_dm(Cid::new("d1").unwrap(), sent.clone());
             assert_eq!(
-                room.check_dm(ALICE, "Bob", "psst", cid("d1").as_ref()),
+                room.check_dm(ALICE, "psst", cid("d1").as_ref()),
                 Ok(Some(sent))
             );
-            assert_eq!(room.check_dm(BOB, "Alice", "x", None), Err(not_joined()));
+            assert_eq!(room.check_dm(BOB, "x", None), Err(not_joined()));
         }
 
         #[test]

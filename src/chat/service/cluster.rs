@@ -65,6 +65,22 @@ impl Chat {
             return Some(request);
         };
         let now = out.now();
+        // The hot path first, taking the request apart: a `say` is
+        // published with the turn's others.
+        let request = match request {
+            Request::Say { text, cid } => {
+                let refusal_cid = cid.clone();
+                match self.room.compose(conn, text, cid, Timestamp::now()) {
+                    Ok(Composed::New(message)) => node.publish(conn, new_message(message)),
+                    Ok(Composed::Resent(stored)) => {
+                        self.answer(conn, ServerMessage::Message(stored));
+                    }
+                    Err(refusal) => self.answer(conn, with_cid(refusal, refusal_cid)),
+                }
+                return None;
+            }
+            request => request,
+        };
         let asked = match &request {
             Request::Join { name, .. } => match self.room.check_name(conn, name, false) {
                 Err(refusal) => Err(refusal),
@@ -81,43 +97,28 @@ impl Chat {
                     Ok(()) => node.rename(conn, old, name, now).map_err(|_| unavailable()),
                 }
             }
-            Request::Say { text, cid } => {
-                let ts = Timestamp::now();
-                match self.room.compose(conn, text.clone(), cid.clone(), ts) {
-                    Err(refusal) => Err(refusal),
-                    Ok(Composed::Resent(stored)) => {
-                        self.answer(conn, ServerMessage::Message(stored));
-                        return None;
-                    }
-                    Ok(Composed::New(message)) => {
-                        node.publish(conn, new_message(message));
-                        return None;
-                    }
+            Request::Dm { to, text, cid } => match self.room.check_dm(conn, text, cid.as_ref()) {
+                Err(refusal) => Err(refusal),
+                Ok(Some(stored)) => {
+                    self.answer(conn, stored);
+                    return None;
                 }
-            }
-            Request::Dm { to, text, cid } => {
-                match self.room.check_dm(conn, to, text, cid.as_ref()) {
-                    Err(refusal) => Err(refusal),
-                    Ok(Some(stored)) => {
-                        self.answer(conn, stored);
-                        return None;
-                    }
-                    Ok(None) => {
-                        let dm = NewDm {
-                            ts: Timestamp::now().to_string(),
-                            from: self.room.name(conn).unwrap_or_default().to_owned(),
-                            to: to.clone(),
-                            text: text.clone(),
-                            cid: cid.as_ref().map(|cid| cid.as_str().to_owned()),
-                        };
-                        node.dm(conn, dm, now).map_err(|_| unavailable())
-                    }
+                Ok(None) => {
+                    let dm = NewDm {
+                        ts: Timestamp::now().to_string(),
+                        from: self.room.name(conn).unwrap_or_default().to_owned(),
+                        to: to.clone(),
+                        text: text.clone(),
+                        cid: cid.as_ref().map(|cid| cid.as_str().to_owned()),
+                    };
+                    node.dm(conn, dm, now).map_err(|_| unavailable())
                 }
-            }
+            },
             Request::History { before, limit } if !self.room.keeps_page(*before, *limit) => node
                 .page(conn, before.unwrap_or(u64::MAX), *limit, now)
                 .map_err(|_| unavailable()),
-            Request::History { .. } | Request::Who => return Some(request),
+            // A `say` was handled above.
+            Request::History { .. } | Request::Who | Request::Say { .. } => return Some(request),
         };
         match asked {
             Ok(()) => {
@@ -129,15 +130,12 @@ impl Chat {
                     }
                 }
             }
-            Err(mut refusal) => {
-                // An error answering a request with a `cid` carries it.
-                if let (ServerMessage::Error { cid: slot, .. }, Request::Say { cid, .. })
-                | (ServerMessage::Error { cid: slot, .. }, Request::Dm { cid, .. }) =
-                    (&mut refusal, &request)
-                {
-                    slot.clone_from(cid);
-                }
-                self.answer(conn, refusal);
+            Err(refusal) => {
+                let cid = match &request {
+                    Request::Dm { cid, .. } => cid.clone(),
+                    _ => None,
+                };
+                self.answer(conn, with_cid(refusal, cid));
             }
         }
         None
@@ -330,11 +328,7 @@ impl Chat {
                         cid: dm.cid.and_then(Cid::new),
                     },
                     DmOutcome::UnknownUser => {
-                        let mut refusal = room::unknown_user(&dm.to);
-                        if let ServerMessage::Error { cid, .. } = &mut refusal {
-                            *cid = dm.cid.and_then(Cid::new);
-                        }
-                        refusal
+                        with_cid(room::unknown_user(&dm.to), dm.cid.and_then(Cid::new))
                     }
                 };
                 self.answer(conn, message);
@@ -397,11 +391,7 @@ impl Chat {
 
     /// Tells `conn` that Redis could not be asked.
     fn refuse_unavailable(&mut self, conn: ConnId, cid: Option<Cid>, out: &mut Outbox<'_>) {
-        let mut refusal = unavailable();
-        if let ServerMessage::Error { cid: slot, .. } = &mut refusal {
-            *slot = cid;
-        }
-        self.answer(conn, refusal);
+        self.answer(conn, with_cid(unavailable(), cid));
         self.deliver(conn, None, out);
     }
 }
@@ -426,6 +416,15 @@ pub(super) fn admit(deliveries: impl Iterator<Item = Delivery>, releases: &mut V
             _ => releases.push(Release::Send(delivery)),
         }
     }
+}
+
+/// An error answering a request with a `cid` carries it, so the client
+/// knows which message was refused.
+fn with_cid(mut refusal: ServerMessage, cid: Option<Cid>) -> ServerMessage {
+    if let ServerMessage::Error { cid: slot, .. } = &mut refusal {
+        *slot = cid;
+    }
+    refusal
 }
 
 /// The refusal of a request Redis could not take.
