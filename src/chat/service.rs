@@ -395,20 +395,25 @@ impl Chat {
     /// Handles one request of `conn`: the room's answer, through the
     /// backend.
     fn request(&mut self, conn: ConnId, request: Request, out: &mut Outbox<'_>) {
-        let Some(session) = self.sessions.get_mut(&conn) else {
-            return;
-        };
-        if session.waiting.is_some() {
-            session.parked.push_back(request);
-            return;
-        }
-        self.metrics.received(&request);
-        let request = match &mut self.backend {
-            Backend::Local(_) => request,
-            Backend::Cluster(_) => match self.cluster_request(conn, request, out) {
-                Some(request) => request,
-                None => return self.deliver(conn, None, out),
-            },
+        let request = match &self.backend {
+            Backend::Local(_) => {
+                self.metrics.received(&request);
+                request
+            }
+            Backend::Cluster(_) => {
+                let Some(session) = self.sessions.get_mut(&conn) else {
+                    return;
+                };
+                if session.waiting.is_some() {
+                    session.parked.push_back(request);
+                    return;
+                }
+                self.metrics.received(&request);
+                match self.cluster_request(conn, request, out) {
+                    Some(request) => request,
+                    None => return self.deliver(conn, None, out),
+                }
+            }
         };
         self.handle(conn, request, out);
     }
@@ -428,16 +433,17 @@ impl Chat {
             .flatten();
         self.room
             .handle(conn, request, Timestamp::now(), &mut self.deliveries);
-        let peer = self.sessions.get(&conn).map(|session| session.peer);
-        if let (Some(old), Some(new), Some(peer)) = (renaming, self.room.name(conn), peer) {
-            if old != new {
+        // The peer is looked up only for the log lines, not for every `say`.
+        let peer = || self.sessions.get(&conn).map(|session| session.peer);
+        if let (Some(old), Some(new)) = (renaming, self.room.name(conn)) {
+            if let (true, Some(peer)) = (old != new, peer()) {
                 log::info!("{peer} renamed {old} to {new}");
             }
         }
         if !was_joined {
             // The newcomer hears broadcasts once its welcome is sent (the
             // publisher says when): see `publish.rs`.
-            if let (Some(name), Some(peer)) = (self.room.name(conn), peer) {
+            if let (Some(name), Some(peer)) = (self.room.name(conn), peer()) {
                 out.set_timer(conn, None);
                 self.metrics.joined();
                 log::info!("{peer} joined as {name} ({} online)", self.room.online());
