@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use miochat::chat::cluster::RedisUrl;
 use miochat::chat::store::SyncMode;
 use miochat::chat::Chat;
 use miochat::evloop::config::LoopConfig;
@@ -55,6 +56,31 @@ struct Args {
     /// The certificate for wss:// and https://.
     #[command(flatten)]
     tls: TlsFlags,
+    /// Several servers serving one chat.
+    #[command(flatten)]
+    cluster: ClusterFlags,
+}
+
+/// Cluster mode: several servers sharing one Redis serve one chat.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Cluster")]
+struct ClusterFlags {
+    /// Cluster mode, redis://HOST:PORT[/DB]: ids, history, names, presence
+    /// and fan-out between servers go through this Redis (--db and --sync
+    /// are then not used). Every server given the same URL serves the
+    /// same chat.
+    #[arg(long, value_name = "URL", env = "MIOCHAT_REDIS", value_parser = redis_url)]
+    redis: Option<RedisUrl>,
+    /// Let several processes listen on the same port (SO_REUSEPORT): the
+    /// kernel spreads new connections over them. With --redis, one chat on
+    /// every core.
+    #[arg(long, env = "MIOCHAT_REUSE_PORT")]
+    reuse_port: bool,
+}
+
+/// Parses `--redis` (resolving its host once, at start-up).
+fn redis_url(text: &str) -> Result<RedisUrl, String> {
+    RedisUrl::parse(text).map_err(|err| err.to_string())
 }
 
 /// The history's flags: the database file and how hard it works to survive.
@@ -335,6 +361,7 @@ impl Args {
         ServerConfig {
             net: LoopConfig {
                 addr: self.addr,
+                reuse_port: self.cluster.reuse_port,
                 max_message_bytes: net.max_message_bytes,
                 max_connections: net.max_connections,
                 max_connections_per_ip: net.max_connections_per_ip,
@@ -357,6 +384,7 @@ impl Args {
                 Sync::Full => SyncMode::Full,
                 Sync::Normal => SyncMode::Normal,
             },
+            redis: self.cluster.redis.clone(),
         }
     }
 }

@@ -14,9 +14,10 @@ use mio::{Events, Interest, Poll, Token};
 use miochat::chat::cluster::conn::RedisConn;
 use miochat::chat::cluster::link::{Event, Frame, LinkConfig};
 use miochat::chat::cluster::scripts::{
-    parse_alive, parse_claim, parse_epoch, parse_publish, parse_reap, parse_release, parse_who,
-    Claim, Commands, Cursor, Delivery, NewMessage, Presence, PresenceKind, Published,
-    StoredMessage,
+    parse_alive, parse_claim, parse_dm, parse_epoch, parse_page, parse_publish, parse_reap,
+    parse_release, parse_rename, parse_snapshot, parse_who, Claim, Commands, Cursor, Delivery,
+    DmOutcome, InboxDm, NewDm, NewMessage, Presence, PresenceKind, Published, Rename, Snapshot,
+    StoredDm, StoredMessage,
 };
 use miochat::chat::cluster::{random_token, RedisUrl};
 
@@ -167,6 +168,28 @@ impl Loop {
     }
 }
 
+/// The node whose inbox a test's reads cover when the inbox does not
+/// matter to it.
+const READER: &str = "r";
+
+/// A cursor before everything: a reader starting from it gets every entry.
+fn origin() -> Cursor {
+    Cursor {
+        message: 0,
+        presence: "0-0".into(),
+        inbox: "0-0".into(),
+    }
+}
+
+/// A loop with one connection to `redis`, up: all a test needs when it
+/// does not run two things at once.
+fn single(redis: &Redis) -> (Loop, usize) {
+    let mut lp = Loop::new();
+    let c = lp.connect(redis, "n1");
+    lp.up(c);
+    (lp, c)
+}
+
 fn cmd(args: &[&str]) -> Vec<Vec<u8>> {
     args.iter().map(|a| a.as_bytes().to_vec()).collect()
 }
@@ -198,9 +221,7 @@ fn stored(id: u64, text: &str, cid: Option<&str>) -> StoredMessage {
 #[test]
 fn a_pipeline_of_requests_is_answered_in_order_on_one_connection() {
     let Some(redis) = Redis::start() else { return };
-    let mut lp = Loop::new();
-    let c = lp.connect(&redis, "n1");
-    lp.up(c);
+    let (mut lp, c) = single(&redis);
     assert_eq!(lp.call(c, &cmd(&["CLIENT", "GETNAME"])), bulk("miochat-n1"));
 
     // A hundred commands, one flush: all are written at once (WRITABLE
@@ -229,7 +250,7 @@ fn a_pipeline_of_requests_is_answered_in_order_on_one_connection() {
     );
     assert_eq!(
         lp.call(c, &exists),
-        Frame::Array(vec![Frame::Integer(1); 6])
+        Frame::Array(vec![Frame::Integer(1); commands.script_shas().len()])
     );
     for (load, sha) in commands.load_scripts().iter().zip(commands.script_shas()) {
         assert_eq!(lp.call(c, load), bulk(sha));
@@ -241,9 +262,7 @@ fn the_connection_survives_a_redis_crash_and_refuses_requests_meanwhile() {
     let Some(mut redis) = Redis::start() else {
         return;
     };
-    let mut lp = Loop::new();
-    let c = lp.connect(&redis, "n1");
-    lp.up(c);
+    let (mut lp, c) = single(&redis);
     assert_eq!(
         lp.call(c, &cmd(&["SET", "k", "v"])),
         Frame::SimpleString(b"OK".to_vec())
@@ -274,9 +293,7 @@ fn the_connection_survives_a_redis_crash_and_refuses_requests_meanwhile() {
 fn a_round_is_published_with_consecutive_ids_and_cids_deduplicated() {
     let Some(redis) = Redis::start() else { return };
     let commands = Commands::new(CHAT);
-    let mut lp = Loop::new();
-    let c = lp.connect(&redis, "n1");
-    lp.up(c);
+    let (mut lp, c) = single(&redis);
 
     let round = [
         message("one", None),
@@ -319,13 +336,13 @@ fn a_round_is_published_with_consecutive_ids_and_cids_deduplicated() {
     );
 
     // Read back from the start: the stream holds exactly ids 1..=4 in order.
-    let cursor = Cursor {
-        message: 0,
-        presence: "0-0".into(),
-    };
-    let reply = lp.call(c, &commands.read(&cursor, Duration::from_millis(10), 100));
+    let cursor = origin();
+    let reply = lp.call(
+        c,
+        &commands.read(READER, &cursor, Duration::from_millis(10), 100),
+    );
     assert_eq!(
-        commands.parse_read(reply).unwrap(),
+        commands.parse_read(READER, reply).unwrap(),
         vec![
             Delivery::Message(stored(1, "one", None)),
             Delivery::Message(stored(2, "two", Some("c2"))),
@@ -374,8 +391,11 @@ fn presence(
     commands: &Commands,
     cursor: &mut Cursor,
 ) -> Vec<(PresenceKind, String, String, u64)> {
-    let reply = lp.call(c, &commands.read(cursor, Duration::from_millis(10), 100));
-    let deliveries = commands.parse_read(reply).unwrap();
+    let reply = lp.call(
+        c,
+        &commands.read(READER, cursor, Duration::from_millis(10), 100),
+    );
+    let deliveries = commands.parse_read(READER, reply).unwrap();
     cursor.advance(&deliveries);
     deliveries
         .into_iter()
@@ -396,9 +416,7 @@ fn presence(
 fn names_are_unique_across_nodes_case_insensitively() {
     let Some(redis) = Redis::start() else { return };
     let commands = Commands::new(CHAT);
-    let mut lp = Loop::new();
-    let c = lp.connect(&redis, "n1");
-    lp.up(c);
+    let (mut lp, c) = single(&redis);
     let ttl = Duration::from_secs(10);
     assert!(parse_alive(lp.call(c, &commands.register("a", ttl))).unwrap());
     assert!(parse_alive(lp.call(c, &commands.register("b", ttl))).unwrap());
@@ -432,10 +450,7 @@ fn names_are_unique_across_nodes_case_insensitively() {
     );
 
     use PresenceKind::{Joined, Left};
-    let mut cursor = Cursor {
-        message: 0,
-        presence: "0-0".into(),
-    };
+    let mut cursor = origin();
     assert_eq!(
         presence(&mut lp, c, &commands, &mut cursor),
         vec![
@@ -471,10 +486,7 @@ fn a_dead_nodes_users_leave_once_even_when_two_nodes_reap_at_once() {
         ));
     }
     assert!(parse_alive(lp.call(x, &commands.refresh("live", ttl))).unwrap());
-    let mut cursor = Cursor {
-        message: 0,
-        presence: "0-0".into(),
-    };
+    let mut cursor = origin();
     assert_eq!(presence(&mut lp, x, &commands, &mut cursor).len(), 3);
 
     // Nothing has expired: reaping finds nobody.
@@ -581,15 +593,12 @@ fn a_reader_resumes_after_a_redis_crash_without_a_gap_or_a_duplicate() {
     lp.up(writer);
     lp.up(reader);
     let block = Duration::from_secs(5);
-    let mut cursor = Cursor {
-        message: 0,
-        presence: "0-0".into(),
-    };
+    let mut cursor = origin();
     let mut seen: Vec<u64> = Vec::new();
 
     // The reader blocks first; the writer publishes five rounds of two; the
     // reader takes at most three per read, so it reads several times.
-    let mut read = lp.push(reader, &commands.read(&cursor, block, 3));
+    let mut read = lp.push(reader, &commands.read(READER, &cursor, block, 3));
     lp.flush(reader);
     let publish = |lp: &mut Loop, from: usize, to: usize| {
         for round in (from..to).step_by(2) {
@@ -610,7 +619,7 @@ fn a_reader_resumes_after_a_redis_crash_without_a_gap_or_a_duplicate() {
     };
     publish(&mut lp, 0, 10);
     let take = |lp: &mut Loop, cursor: &mut Cursor, read: u64, seen: &mut Vec<u64>| {
-        let deliveries = commands.parse_read(lp.reply(reader, read)).unwrap();
+        let deliveries = commands.parse_read(READER, lp.reply(reader, read)).unwrap();
         cursor.advance(&deliveries);
         seen.extend(deliveries.iter().map(|d| match d {
             Delivery::Message(m) => m.id,
@@ -619,7 +628,7 @@ fn a_reader_resumes_after_a_redis_crash_without_a_gap_or_a_duplicate() {
     };
     while seen.len() < 10 {
         take(&mut lp, &mut cursor, read, &mut seen);
-        read = lp.push(reader, &commands.read(&cursor, block, 3));
+        read = lp.push(reader, &commands.read(READER, &cursor, block, 3));
         lp.flush(reader);
     }
 
@@ -644,7 +653,7 @@ fn a_reader_resumes_after_a_redis_crash_without_a_gap_or_a_duplicate() {
     // cursor: every id exactly once, in order.
     publish(&mut lp, 10, 14);
     while seen.len() < 14 {
-        read = lp.push(reader, &commands.read(&cursor, block, 3));
+        read = lp.push(reader, &commands.read(READER, &cursor, block, 3));
         lp.flush(reader);
         take(&mut lp, &mut cursor, read, &mut seen);
     }
@@ -654,7 +663,465 @@ fn a_reader_resumes_after_a_redis_crash_without_a_gap_or_a_duplicate() {
     // Nothing more: a read times out empty.
     let last = lp.call(
         reader,
-        &commands.read(&cursor, Duration::from_millis(50), 3),
+        &commands.read(READER, &cursor, Duration::from_millis(50), 3),
     );
-    assert_eq!(commands.parse_read(last).unwrap(), vec![]);
+    assert_eq!(commands.parse_read(READER, last).unwrap(), vec![]);
+}
+
+/// Registers each node as live for longer than any test runs.
+fn register(lp: &mut Loop, c: usize, commands: &Commands, nodes: &[&str]) {
+    for node in nodes {
+        let reply = lp.call(c, &commands.register(node, Duration::from_secs(60)));
+        assert!(parse_alive(reply).unwrap());
+    }
+}
+
+/// Claims each (node, name), which must be free.
+fn claim_all(lp: &mut Loop, c: usize, commands: &Commands, users: &[(&str, &str)]) {
+    for (node, name) in users {
+        let reply = lp.call(c, &commands.claim(node, name, BOUND));
+        assert!(
+            matches!(parse_claim(reply).unwrap(), Claim::Claimed { .. }),
+            "{name}"
+        );
+    }
+}
+
+/// Publishes one message and returns the id it got.
+fn publish_one(lp: &mut Loop, c: usize, commands: &Commands, text: &str) -> u64 {
+    let reply = lp.call(c, &commands.publish(&[message(text, None)], BOUND, CID_TTL));
+    match parse_publish(reply).unwrap()[..] {
+        [Published::New(id)] => id,
+        ref other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn renames_keep_names_unique_and_are_announced() {
+    let Some(redis) = Redis::start() else { return };
+    let commands = Commands::new(CHAT);
+    let (mut lp, c) = single(&redis);
+    register(&mut lp, c, &commands, &["a", "b"]);
+    claim_all(&mut lp, c, &commands, &[("a", "Ann"), ("b", "Bob")]);
+    let rename = |lp: &mut Loop, node, old, new| {
+        parse_rename(lp.call(c, &commands.rename(node, old, new, BOUND))).unwrap()
+    };
+
+    // Another node's user has the name, in another case; a node renames
+    // only the names it holds. Neither changes anything.
+    assert_eq!(rename(&mut lp, "a", "Ann", "bOB"), Rename::Taken);
+    assert_eq!(rename(&mut lp, "b", "Ann", "Zed"), Rename::NotHeld);
+    assert_eq!(rename(&mut lp, "a", "Nobody", "Zed"), Rename::NotHeld);
+    assert_eq!(
+        parse_who(lp.call(c, &commands.who())).unwrap(),
+        vec!["Ann", "Bob"]
+    );
+
+    // A change of case keeps the name's key (and its owner): only the name
+    // shown changes.
+    assert_eq!(rename(&mut lp, "a", "Ann", "ANN"), Rename::Renamed);
+    assert_eq!(
+        parse_who(lp.call(c, &commands.who())).unwrap(),
+        vec!["ANN", "Bob"]
+    );
+    assert_eq!(
+        lp.call(c, &cmd(&["HGETALL", "{test}:names"])),
+        Frame::Array(vec![bulk("ann"), bulk("a"), bulk("bob"), bulk("b")])
+    );
+
+    // A new name: the old one is free, the new one taken, everywhere.
+    assert_eq!(rename(&mut lp, "a", "ann", "Cat"), Rename::Renamed);
+    assert_eq!(
+        parse_who(lp.call(c, &commands.who())).unwrap(),
+        vec!["Bob", "Cat"]
+    );
+    assert_eq!(
+        lp.call(c, &cmd(&["HGETALL", "{test}:node:a:users"])),
+        Frame::Array(vec![bulk("cat"), bulk("Cat")])
+    );
+    assert_eq!(
+        parse_claim(lp.call(c, &commands.claim("b", "CAT", BOUND))).unwrap(),
+        Claim::Taken
+    );
+    claim_all(&mut lp, c, &commands, &[("b", "ann")]);
+    // The user leaves under the new name.
+    assert_eq!(
+        parse_release(lp.call(c, &commands.release("a", "cat", BOUND))).unwrap(),
+        Some(2)
+    );
+
+    use PresenceKind::{Joined, Left, Renamed};
+    let renamed = |from: &str| Renamed { from: from.into() };
+    assert_eq!(
+        presence(&mut lp, c, &commands, &mut origin()),
+        vec![
+            (Joined, "Ann".into(), "a".into(), 1),
+            (Joined, "Bob".into(), "b".into(), 2),
+            (renamed("Ann"), "ANN".into(), "a".into(), 2),
+            (renamed("ANN"), "Cat".into(), "a".into(), 2),
+            (Joined, "ann".into(), "b".into(), 3),
+            (Left, "Cat".into(), "a".into(), 2),
+        ]
+    );
+}
+
+const TS: &str = "2026-11-25T08:00:00.000Z";
+
+fn new_dm(from: &str, to: &str, text: &str, cid: Option<&str>) -> NewDm {
+    NewDm {
+        ts: TS.into(),
+        from: from.into(),
+        to: to.into(),
+        text: text.into(),
+        cid: cid.map(str::to_owned),
+    }
+}
+
+/// A DM as an inbox delivers it, but for its stream id.
+fn inbox_entry(id: u64, from: &str, to: &str, text: &str, cid: Option<&str>) -> InboxDm {
+    InboxDm {
+        stream_id: String::new(),
+        id,
+        ts: TS.into(),
+        from: from.into(),
+        to: to.into(),
+        text: text.into(),
+        cid: cid.map(str::to_owned),
+    }
+}
+
+/// What `node` reads after `cursor` (which moves past it), split by
+/// stream: message ids, presence names, and inbox DMs with their stream
+/// ids blanked (checked here to rise, and to be where the cursor stops).
+fn read_all(
+    lp: &mut Loop,
+    c: usize,
+    commands: &Commands,
+    node: &str,
+    cursor: &mut Cursor,
+) -> (Vec<u64>, Vec<String>, Vec<InboxDm>) {
+    let reply = lp.call(
+        c,
+        &commands.read(node, cursor, Duration::from_millis(10), 100),
+    );
+    let deliveries = commands.parse_read(node, reply).unwrap();
+    let before = cursor.inbox.clone();
+    cursor.advance(&deliveries);
+    let (mut messages, mut names, mut dms) = (Vec::new(), Vec::new(), Vec::new());
+    let mut last_inbox = before;
+    for delivery in deliveries {
+        match delivery {
+            Delivery::Message(m) => messages.push(m.id),
+            Delivery::Presence(p) => names.push(p.name),
+            Delivery::Inbox(mut dm) => {
+                assert!(stream_id_order(&dm.stream_id) > stream_id_order(&last_inbox));
+                last_inbox = std::mem::take(&mut dm.stream_id);
+                dms.push(dm);
+            }
+        }
+    }
+    assert_eq!(cursor.inbox, last_inbox);
+    (messages, names, dms)
+}
+
+/// A stream id `MS-SEQ` as numbers, to compare.
+fn stream_id_order(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap();
+    (ms.parse().unwrap(), seq.parse().unwrap())
+}
+
+#[test]
+fn a_dm_goes_to_the_inboxes_of_both_nodes_with_an_id_of_the_one_sequence() {
+    let Some(redis) = Redis::start() else { return };
+    let commands = Commands::new(CHAT);
+    let (mut lp, c) = single(&redis);
+    register(&mut lp, c, &commands, &["a", "b"]);
+    claim_all(&mut lp, c, &commands, &[("a", "Ann"), ("b", "Bob")]);
+    // Ann is on node a, Bob on node b.
+    let send = |lp: &mut Loop, dm: NewDm| {
+        let node = if dm.from.eq_ignore_ascii_case("ann") {
+            "a"
+        } else {
+            "b"
+        };
+        parse_dm(lp.call(c, &commands.dm(node, &dm, CID_TTL, BOUND))).unwrap()
+    };
+    let sent = |id, to: &str| DmOutcome::Sent { id, to: to.into() };
+
+    // Ids are shared with public messages; the recipient is found
+    // case-insensitively and answered with their name as they typed it.
+    assert_eq!(publish_one(&mut lp, c, &commands, "public"), 1);
+    assert_eq!(
+        send(&mut lp, new_dm("Ann", "bob", "hi Bob", Some("d1"))),
+        sent(2, "Bob")
+    );
+    assert_eq!(
+        send(&mut lp, new_dm("Bob", "ANN", "hi Ann", None)),
+        sent(3, "Ann")
+    );
+    let ttl = lp.call(c, &cmd(&["TTL", "{test}:dmcid:ann:d1"]));
+    assert!(
+        matches!(ttl, Frame::Integer(t) if t > 86_000 && t <= 86_400),
+        "{ttl:?}"
+    );
+
+    // Nobody by that name: no id is allocated.
+    assert_eq!(
+        send(&mut lp, new_dm("Ann", "Nobody", "hello?", Some("d9"))),
+        DmOutcome::UnknownUser
+    );
+    assert_eq!(publish_one(&mut lp, c, &commands, "public again"), 4);
+
+    // The same sender (in any case) resending a cid gets the DM as first
+    // stored; another sender's DM with that cid is new, remembered on its
+    // own, and does not replace the first sender's record.
+    let first = DmOutcome::Duplicate(StoredDm {
+        id: 2,
+        ts: TS.into(),
+        from: "Ann".into(),
+        to: "Bob".into(),
+        text: "hi Bob".into(),
+    });
+    assert_eq!(
+        send(&mut lp, new_dm("Ann", "Bob", "resent", Some("d1"))),
+        first
+    );
+    assert_eq!(
+        send(&mut lp, new_dm("ANN", "bob", "resent", Some("d1"))),
+        first
+    );
+    assert_eq!(
+        send(&mut lp, new_dm("Bob", "Ann", "same cid", Some("d1"))),
+        sent(5, "Ann")
+    );
+    assert_eq!(
+        send(&mut lp, new_dm("Ann", "Bob", "resent", Some("d1"))),
+        first
+    );
+    assert!(matches!(
+        send(&mut lp, new_dm("Bob", "Ann", "same cid", Some("d1"))),
+        DmOutcome::Duplicate(StoredDm { id: 5, .. })
+    ));
+
+    // Each node's reader gets both public messages, the presence, and the
+    // DMs to or from its own users only (the sender's node shows the
+    // sender its copy), in the order they were sent.
+    let dms = vec![
+        inbox_entry(2, "Ann", "Bob", "hi Bob", Some("d1")),
+        inbox_entry(3, "Bob", "Ann", "hi Ann", None),
+        inbox_entry(5, "Bob", "Ann", "same cid", Some("d1")),
+    ];
+    let mut cursor_a = origin();
+    assert_eq!(
+        read_all(&mut lp, c, &commands, "a", &mut cursor_a),
+        (vec![1, 4], vec!["Ann".into(), "Bob".into()], dms.clone())
+    );
+    let mut cursor_b = origin();
+    assert_eq!(
+        read_all(&mut lp, c, &commands, "b", &mut cursor_b),
+        (vec![1, 4], vec!["Ann".into(), "Bob".into()], dms)
+    );
+    assert_eq!(cursor_b.message, 4);
+
+    // The cursors moved past all of it; a new DM is all there is next.
+    assert_eq!(
+        send(&mut lp, new_dm("Ann", "Bob", "again", None)),
+        sent(6, "Bob")
+    );
+    for (node, cursor) in [("a", &mut cursor_a), ("b", &mut cursor_b)] {
+        assert_eq!(
+            read_all(&mut lp, c, &commands, node, cursor),
+            (
+                vec![],
+                vec![],
+                vec![inbox_entry(6, "Ann", "Bob", "again", None)]
+            )
+        );
+    }
+}
+
+#[test]
+fn reaping_a_dead_node_drops_its_inbox() {
+    let Some(redis) = Redis::start() else { return };
+    let commands = Commands::new(CHAT);
+    let (mut lp, c) = single(&redis);
+    register(&mut lp, c, &commands, &["dead", "live"]);
+    claim_all(&mut lp, c, &commands, &[("dead", "Ann"), ("live", "Bob")]);
+    for (node, from, to) in [("live", "Bob", "Ann"), ("dead", "Ann", "Bob")] {
+        let reply = lp.call(
+            c,
+            &commands.dm(node, &new_dm(from, to, "hi", None), CID_TTL, BOUND),
+        );
+        assert!(matches!(parse_dm(reply).unwrap(), DmOutcome::Sent { .. }));
+    }
+    let exists = |lp: &mut Loop, node: &str| {
+        lp.call(c, &cmd(&["EXISTS", &format!("{{test}}:node:{node}:inbox")]))
+    };
+    assert_eq!(exists(&mut lp, "dead"), Frame::Integer(1));
+
+    lp.call(c, &cmd(&["PEXPIREAT", "{test}:node:dead:alive", "1"]));
+    assert_eq!(
+        parse_reap(lp.call(c, &commands.reap(BOUND))).unwrap(),
+        vec![("dead".into(), "Ann".into())]
+    );
+    assert_eq!(exists(&mut lp, "dead"), Frame::Integer(0));
+    assert_eq!(exists(&mut lp, "live"), Frame::Integer(1));
+    let reply = lp.call(
+        c,
+        &commands.dm("live", &new_dm("Bob", "Ann", "hi", None), CID_TTL, BOUND),
+    );
+    assert_eq!(parse_dm(reply).unwrap(), DmOutcome::UnknownUser);
+}
+
+#[test]
+fn history_pages_go_back_from_an_exclusive_bound_oldest_first() {
+    let Some(redis) = Redis::start() else { return };
+    let commands = Commands::new(CHAT);
+    let (mut lp, c) = single(&redis);
+    let page = |lp: &mut Loop, before, limit| -> Vec<u64> {
+        let reply = lp.call(c, &commands.page(before, limit));
+        parse_page(reply).unwrap().iter().map(|m| m.id).collect()
+    };
+    assert_eq!(page(&mut lp, u64::MAX, 5), Vec::<u64>::new(), "no history");
+
+    let round: Vec<NewMessage> = (1..=10).map(|i| message(&format!("m{i}"), None)).collect();
+    parse_publish(lp.call(c, &commands.publish(&round, BOUND, CID_TTL))).unwrap();
+    assert_eq!(page(&mut lp, u64::MAX, 3), vec![8, 9, 10]);
+    assert_eq!(page(&mut lp, 8, 3), vec![5, 6, 7]);
+    assert_eq!(page(&mut lp, 3, 10), vec![1, 2]);
+    assert_eq!(page(&mut lp, 1, 10), Vec::<u64>::new());
+    assert_eq!(page(&mut lp, 0, 10), Vec::<u64>::new());
+    assert_eq!(page(&mut lp, 100, 2), vec![9, 10]);
+    assert_eq!(page(&mut lp, u64::MAX, 0), Vec::<u64>::new());
+    let reply = lp.call(c, &commands.page(6, 1));
+    assert_eq!(parse_page(reply).unwrap(), vec![stored(5, "m5", None)]);
+}
+
+#[test]
+fn a_snapshot_registers_the_node_and_a_reader_continues_from_it_without_a_gap() {
+    let Some(redis) = Redis::start() else { return };
+    let commands = Commands::new(CHAT);
+    let (mut lp, c) = single(&redis);
+    let ttl = Duration::from_secs(10);
+    let snapshot = |lp: &mut Loop, node, epoch, keep| {
+        parse_snapshot(lp.call(c, &commands.snapshot(node, ttl, epoch, keep))).unwrap()
+    };
+
+    // An empty Redis: the epoch is created, the node registered.
+    assert_eq!(
+        snapshot(&mut lp, "a", "e1", 5),
+        Snapshot {
+            epoch: "e1".into(),
+            was_registered: false,
+            presence: "0-0".into(),
+            users: vec![],
+            history: vec![],
+            last_id: 0,
+        }
+    );
+    let pttl = lp.call(c, &cmd(&["PTTL", "{test}:node:a:alive"]));
+    assert!(
+        matches!(pttl, Frame::Integer(t) if t > 9_000 && t <= 10_000),
+        "{pttl:?}"
+    );
+    claim_all(&mut lp, c, &commands, &[("a", "Ann")]);
+
+    // Traffic: two nodes' users, seven messages.
+    register(&mut lp, c, &commands, &["b"]);
+    claim_all(&mut lp, c, &commands, &[("b", "bob")]);
+    let round: Vec<NewMessage> = (1..=7).map(|i| message(&format!("m{i}"), None)).collect();
+    parse_publish(lp.call(c, &commands.publish(&round, BOUND, CID_TTL))).unwrap();
+    let Frame::Array(last) = lp.call(
+        c,
+        &cmd(&["XREVRANGE", "{test}:presence", "+", "-", "COUNT", "1"]),
+    ) else {
+        panic!()
+    };
+    let Frame::Array(last) = last.into_iter().next().unwrap() else {
+        panic!()
+    };
+    let Frame::BulkString(last_presence) = last.into_iter().next().unwrap() else {
+        panic!()
+    };
+    let last_presence = String::from_utf8(last_presence).unwrap();
+
+    let snap = snapshot(&mut lp, "a", "e2", 3);
+    assert_eq!(
+        snap,
+        Snapshot {
+            epoch: "e1".into(),
+            was_registered: true,
+            presence: last_presence.clone(),
+            users: vec![("Ann".into(), "a".into()), ("bob".into(), "b".into())],
+            history: vec![
+                stored(5, "m5", None),
+                stored(6, "m6", None),
+                stored(7, "m7", None)
+            ],
+            last_id: 7,
+        }
+    );
+    let none = snapshot(&mut lp, "a", "e2", 0);
+    assert_eq!((none.history, none.last_id), (vec![], 7));
+
+    // A reader started from the snapshot has nothing to read until
+    // something happens, then gets exactly that.
+    let mut cursor = Cursor {
+        message: snap.last_id,
+        presence: snap.presence,
+        inbox: "0-0".into(),
+    };
+    assert_eq!(
+        read_all(&mut lp, c, &commands, "a", &mut cursor),
+        (vec![], vec![], vec![])
+    );
+    assert_eq!(publish_one(&mut lp, c, &commands, "m8"), 8);
+    claim_all(&mut lp, c, &commands, &[("b", "Cy")]);
+    let reply = lp.call(
+        c,
+        &commands.dm("b", &new_dm("Cy", "ann", "hi", None), CID_TTL, BOUND),
+    );
+    assert_eq!(
+        parse_dm(reply).unwrap(),
+        DmOutcome::Sent {
+            id: 9,
+            to: "Ann".into()
+        }
+    );
+    assert_eq!(
+        read_all(&mut lp, c, &commands, "a", &mut cursor),
+        (
+            vec![8],
+            vec!["Cy".into()],
+            vec![inbox_entry(9, "Cy", "Ann", "hi", None)]
+        )
+    );
+
+    // Declared dead: the node learns it from the snapshot, which registers
+    // it again; its users are gone.
+    lp.call(c, &cmd(&["PEXPIREAT", "{test}:node:a:alive", "1"]));
+    parse_reap(lp.call(c, &commands.reap(BOUND))).unwrap();
+    let snap = snapshot(&mut lp, "a", "e2", 1);
+    assert!(!snap.was_registered);
+    assert_eq!(snap.epoch, "e1");
+    assert_eq!(
+        snap.users,
+        vec![("bob".into(), "b".into()), ("Cy".into(), "b".into())]
+    );
+    assert_eq!(snap.history, vec![stored(8, "m8", None)]);
+    assert!(parse_alive(lp.call(c, &commands.refresh("a", ttl))).unwrap());
+
+    // Redis lost its data: a new epoch, nothing registered, nothing stored.
+    lp.call(c, &cmd(&["FLUSHALL"]));
+    assert_eq!(
+        snapshot(&mut lp, "a", "e3", 5),
+        Snapshot {
+            epoch: "e3".into(),
+            was_registered: false,
+            presence: "0-0".into(),
+            users: vec![],
+            history: vec![],
+            last_id: 0,
+        }
+    );
 }

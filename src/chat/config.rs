@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::chat::cluster::RedisUrl;
 use crate::chat::store::{SyncMode, IN_MEMORY};
 use crate::evloop::config::LoopConfig;
 
@@ -37,6 +38,9 @@ pub struct ServerConfig {
     pub db: PathBuf,
     /// How hard each group commit works to survive (`--sync`).
     pub sync: SyncMode,
+    /// Cluster mode: the Redis every node of the cluster shares (`--redis`);
+    /// `db` and `sync` are then not used. `None`: a single server.
+    pub redis: Option<RedisUrl>,
 }
 
 /// How many public messages are sent on join: the default N of the
@@ -73,6 +77,7 @@ impl Default for ServerConfig {
             rate_burst: 20,
             db: PathBuf::from(IN_MEMORY),
             sync: SyncMode::Full,
+            redis: None,
         }
     }
 }

@@ -85,10 +85,17 @@ pub struct Room {
     /// Each joined user under the [`name_key`] of their name, so that `join`,
     /// `nick` and `dm` find a name's owner in O(1), case-insensitively.
     by_key: HashMap<String, UserId>,
-    /// The latest public messages, oldest first, at most
-    /// `config.history_len` of them. Each is shared with the `message` that
-    /// announced it and with every `welcome`, so its text is stored once.
+    /// The latest public messages, oldest first, at most `ring_len` of
+    /// them. Each is shared with the `message` that announced it and with
+    /// every `welcome`, so its text is stored once.
     history: VecDeque<Arc<ChatMessage>>,
+    /// How many messages `history` keeps: `config.history_len` (what a
+    /// fresh `welcome` carries), or more when there is no store to answer
+    /// a resume from (see [`Room::keep`]).
+    ring_len: usize,
+    /// The users of the other servers of a cluster, by [`name_key`]: they
+    /// are listed by `who` and `welcome`, and their names are taken.
+    remote: HashMap<String, String>,
     /// The newest id that has left `history` (0 while nothing has): a
     /// resume from an older `since` cannot be complete.
     dropped_through: u64,
@@ -117,6 +124,8 @@ impl Room {
             names: HashMap::new(),
             by_key: HashMap::new(),
             history: VecDeque::new(),
+            ring_len: config.history_len,
+            remote: HashMap::new(),
             dropped_through: 0,
             next_id: 1,
             epoch,
@@ -140,6 +149,146 @@ impl Room {
             }
             self.history.push_back(message);
         }
+    }
+
+    /// Keeps at least `len` messages in memory, not only the
+    /// `history_len` a `welcome` carries: a cluster node keeps
+    /// `--max-resume` of them, so that every resume it can complete is
+    /// answered from memory (one older than that misses more than the
+    /// limit anyway).
+    pub fn keep(&mut self, len: usize) {
+        self.ring_len = self.ring_len.max(len);
+    }
+
+    /// Adds a public message that has its final id to the kept history, and
+    /// remembers its `cid`. A local `say` records its own message; a
+    /// cluster node records every message as the shared stream delivers it.
+    pub fn record(&mut self, message: Arc<ChatMessage>) {
+        if let Some(cid) = &message.cid {
+            self.said.insert(cid.clone(), Arc::clone(&message));
+        }
+        self.history.push_back(message);
+        // History never exceeds its bound, so one pop restores it (and with
+        // a bound of 0 removes the message just added).
+        if self.history.len() > self.ring_len {
+            if let Some(dropped) = self.history.pop_front() {
+                self.dropped_through = dropped.id;
+            }
+        }
+    }
+
+    /// Checks a `say` without posting it: the message to post (it has no
+    /// id yet: a cluster's Redis gives it one), or the message already
+    /// stored under its `cid`, to acknowledge to the sender alone.
+    pub fn compose(
+        &self,
+        user: UserId,
+        text: String,
+        cid: Option<Cid>,
+        now: Timestamp,
+    ) -> Result<Composed, ServerMessage> {
+        let Some(from) = self.names.get(&user) else {
+            return Err(not_joined());
+        };
+        if let Some(stored) = cid.as_ref().and_then(|cid| self.said.get(cid)) {
+            return Ok(Composed::Resent(Arc::clone(stored)));
+        }
+        self.check_text(&text)?;
+        Ok(Composed::New(ChatMessage {
+            id: 0,
+            ts: now,
+            from: from.clone(),
+            text,
+            cid,
+        }))
+    }
+
+    /// Checks that `user` may take `name` with a `join` (or a `nick`, when
+    /// `renaming`): joined (or not) as that requires, a valid name, and not
+    /// anyone else's here or on another server of the cluster.
+    pub fn check_name(
+        &self,
+        user: UserId,
+        name: &str,
+        renaming: bool,
+    ) -> Result<(), ServerMessage> {
+        match (renaming, self.is_joined(user)) {
+            (false, true) => Err(already_joined()),
+            (true, false) => Err(not_joined()),
+            _ => self.available_key(user, name).map(drop),
+        }
+    }
+
+    /// Checks a `dm` of a cluster node, whose recipient may be on another
+    /// server: the text, and that the recipient is online somewhere. A
+    /// resent `cid` of the sender's is answered as [`Room::handle`] does.
+    pub fn check_dm(
+        &self,
+        user: UserId,
+        to: &str,
+        text: &str,
+        cid: Option<&Cid>,
+    ) -> Result<Option<ServerMessage>, ServerMessage> {
+        let Some(from) = self.names.get(&user) else {
+            return Err(not_joined());
+        };
+        if let Some(stored @ ServerMessage::Dm { from: sender, .. }) =
+            cid.and_then(|cid| self.dms.get(cid))
+        {
+            if name_key(sender) == name_key(from) {
+                return Ok(Some(stored.clone()));
+            }
+        }
+        self.check_text(text)?;
+        let key = name_key(to);
+        if !self.by_key.contains_key(&key) && !self.remote.contains_key(&key) {
+            return Err(unknown_user(to));
+        }
+        Ok(None)
+    }
+
+    /// Remembers a DM sent under `cid` (a cluster node's, once Redis gave
+    /// it an id), so that a resend is acknowledged, not sent again.
+    pub fn remember_dm(&mut self, cid: Cid, message: ServerMessage) {
+        self.dms.insert(cid, message);
+    }
+
+    /// A user joined on another server of the cluster.
+    pub fn remote_joined(&mut self, name: &str) {
+        self.remote.insert(name_key(name), name.to_owned());
+        self.users = None;
+    }
+
+    /// A user of another server left, or its name is now this server's.
+    pub fn remote_left(&mut self, name: &str) {
+        self.remote.remove(&name_key(name));
+        self.users = None;
+    }
+
+    /// Every user of the other servers, replacing what was known: a
+    /// cluster node's view at start-up.
+    pub fn set_remote<'n>(&mut self, names: impl IntoIterator<Item = &'n str>) {
+        self.remote = names
+            .into_iter()
+            .map(|name| (name_key(name), name.to_owned()))
+            .collect();
+        self.users = None;
+    }
+
+    /// Starts the kept history afresh from a cluster's state: its `epoch`
+    /// and its latest messages, `dropped_through` being the newest id older
+    /// than them (see [`Room::restore`]). The `cid`s remembered before
+    /// belong to the history being replaced, so they go too.
+    pub fn start_over(&mut self, epoch: String, kept: Vec<Arc<ChatMessage>>, dropped_through: u64) {
+        self.epoch = epoch;
+        self.history.clear();
+        self.said = Recent::default();
+        self.restore(0, kept, dropped_through);
+    }
+
+    /// The user of this server who goes by `name` (in any case).
+    pub fn user_named(&self, name: &str) -> Option<UserId> {
+        self.by_key.get(&name_key(name)).copied()
     }
 
     /// Takes back public message `id`, which could not be stored: it
@@ -207,10 +356,7 @@ impl Room {
         let outcome = match request {
             Request::Join { name, since, epoch } => self.join(user, name, since, epoch, now, out),
             // Every arm below relies on this one: only joined users pass.
-            _ if !self.is_joined(user) => Err(ServerMessage::error(
-                ErrorCode::NotJoined,
-                "join the room with a name first",
-            )),
+            _ if !self.is_joined(user) => Err(not_joined()),
             Request::Say { text, cid } => self.say(user, text, cid, now, out),
             Request::Dm { to, text, cid } => self.dm(user, &to, text, cid, now, out),
             Request::Who => {
@@ -305,7 +451,8 @@ impl Room {
         since: Option<u64>,
         epoch: Option<&str>,
     ) -> (Vec<Arc<ChatMessage>>, Option<bool>) {
-        let latest = || self.history.iter().cloned().collect();
+        let fresh = self.history.len().saturating_sub(self.config.history_len);
+        let latest = || self.history.range(fresh..).cloned().collect();
         let Some(since) = since else {
             return (latest(), None);
         };
@@ -324,11 +471,12 @@ impl Room {
 
     /// The names of all joined users, for `welcome` and `users`.
     fn user_list(&mut self) -> UserList {
-        let names = &self.names;
+        let (names, remote) = (&self.names, &self.remote);
         self.users
             .get_or_insert_with(|| {
                 let mut array = UserArray::default();
                 names.values().for_each(|name| array.push(name));
+                remote.values().for_each(|name| array.push(name));
                 array
             })
             .to_list()
@@ -346,10 +494,7 @@ impl Room {
         out: &mut Vec<Delivery>,
     ) -> Result<(), ServerMessage> {
         if self.is_joined(user) {
-            return Err(ServerMessage::error(
-                ErrorCode::AlreadyJoined,
-                "you have already joined; use nick to change your name",
-            ));
+            return Err(already_joined());
         }
         let key = self.available_key(user, &name)?;
         self.by_key.insert(key, user);
@@ -390,32 +535,20 @@ impl Room {
         now: Timestamp,
         out: &mut Vec<Delivery>,
     ) -> Result<(), ServerMessage> {
-        if let Some(stored) = cid.as_ref().and_then(|cid| self.said.get(cid)) {
-            out.push(Delivery {
-                to: Audience::One(user),
-                message: ServerMessage::Message(Arc::clone(stored)),
-            });
-            return Ok(());
-        }
-        self.check_text(&text)?;
-        let message = Arc::new(ChatMessage {
-            id: self.take_id(),
-            ts: now,
-            from: self.names[&user].clone(),
-            text,
-            cid,
-        });
-        if let Some(cid) = &message.cid {
-            self.said.insert(cid.clone(), Arc::clone(&message));
-        }
-        self.history.push_back(Arc::clone(&message));
-        // History never exceeds its bound, so one pop restores it (and with
-        // a bound of 0 removes the message just added).
-        if self.history.len() > self.config.history_len {
-            if let Some(dropped) = self.history.pop_front() {
-                self.dropped_through = dropped.id;
+        let message = match self.compose(user, text, cid, now)? {
+            Composed::Resent(stored) => {
+                out.push(Delivery {
+                    to: Audience::One(user),
+                    message: ServerMessage::Message(stored),
+                });
+                return Ok(());
             }
-        }
+            Composed::New(mut message) => {
+                message.id = self.take_id();
+                Arc::new(message)
+            }
+        };
+        self.record(Arc::clone(&message));
         out.push(Delivery {
             to: Audience::Everyone,
             message: ServerMessage::Message(message),
@@ -450,10 +583,7 @@ impl Room {
         let remember = stored.is_none();
         self.check_text(&text)?;
         let Some(&recipient) = self.by_key.get(&name_key(to)) else {
-            return Err(ServerMessage::error(
-                ErrorCode::UnknownUser,
-                format!("nobody named {to:?} is online"),
-            ));
+            return Err(unknown_user(to));
         };
         let message = ServerMessage::Dm {
             id: self.take_id(),
@@ -513,10 +643,8 @@ impl Room {
             .map_err(|reason| ServerMessage::error(ErrorCode::InvalidName, reason))?;
         let key = name_key(name);
         match self.by_key.get(&key) {
-            Some(&owner) if owner != user => Err(ServerMessage::error(
-                ErrorCode::NameTaken,
-                format!("the name {name:?} is already taken"),
-            )),
+            Some(&owner) if owner != user => Err(name_taken(name)),
+            None if self.remote.contains_key(&key) => Err(name_taken(name)),
             _ => Ok(key),
         }
     }
@@ -542,6 +670,44 @@ impl Room {
         self.next_id += 1;
         id
     }
+}
+
+/// What a `say` comes to, before it is posted: see [`Room::compose`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Composed {
+    /// A new message, without its id.
+    New(ChatMessage),
+    /// Its `cid` was accepted before: this is the stored message.
+    Resent(Arc<ChatMessage>),
+}
+
+/// The refusal of anything but `join` before joining.
+fn not_joined() -> ServerMessage {
+    ServerMessage::error(ErrorCode::NotJoined, "join the room with a name first")
+}
+
+/// The refusal of a second `join`.
+fn already_joined() -> ServerMessage {
+    ServerMessage::error(
+        ErrorCode::AlreadyJoined,
+        "you have already joined; use nick to change your name",
+    )
+}
+
+/// The refusal of a name someone else has.
+pub fn name_taken(name: &str) -> ServerMessage {
+    ServerMessage::error(
+        ErrorCode::NameTaken,
+        format!("the name {name:?} is already taken"),
+    )
+}
+
+/// The refusal of a DM to nobody.
+pub fn unknown_user(to: &str) -> ServerMessage {
+    ServerMessage::error(
+        ErrorCode::UnknownUser,
+        format!("nobody named {to:?} is online"),
+    )
 }
 
 /// The last [`CID_MEMORY`] values by `cid`: a map, and the order in

@@ -14,11 +14,16 @@
 //! messages go to the store as one commit, and when the store wakes the
 //! loop what it finished is sent (`docs/durability.md`).
 //!
+//! In cluster mode (`--redis`) Redis stands where the store and the
+//! publisher stand: see `service/cluster.rs`.
+//!
 //! A connection speaks JSON unless its first text frame is not a JSON
 //! object: then it is in plain-text mode for good (`plain.rs`), and gets
 //! readable lines instead of JSON.
 
-use std::collections::HashMap;
+mod cluster;
+
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -26,6 +31,7 @@ use std::time::Duration;
 use prometheus_client::collector::Collector;
 use tungstenite::protocol::frame::coding::CloseCode;
 
+use crate::chat::cluster::node::Node;
 use crate::chat::config::ServerConfig;
 use crate::chat::metrics::ChatMetrics;
 use crate::chat::plain::{self, Line};
@@ -37,7 +43,7 @@ use crate::chat::web;
 use crate::evloop::handle::ServerHandle;
 use crate::evloop::http;
 use crate::evloop::outqueue::{Channel, FrameRef};
-use crate::evloop::service::{ConnId, Outbox, Service, Wakeup};
+use crate::evloop::service::{Attach, ConnId, Outbox, Readiness, Service};
 use crate::proto::protocol::{
     parse_request, ErrorCode, ParseError, Request, ServerMessage, Timestamp,
 };
@@ -63,8 +69,8 @@ pub struct Chat {
     join_timeout: Duration,
     /// The room's output for the request at hand; kept to reuse its memory.
     deliveries: Vec<Delivery>,
-    /// Holds the room's output until the store has what it needs.
-    publisher: Publisher,
+    /// Where public messages are kept before they are shown.
+    backend: Backend,
     /// What the publisher let out, to send; kept to reuse its memory.
     releases: Vec<Release>,
     /// How many sessions are in plain-text mode. While none are, a
@@ -72,6 +78,18 @@ pub struct Chat {
     plain_sessions: usize,
     /// Joins and messages, for `GET /metrics`.
     metrics: ChatMetrics,
+}
+
+/// Where public messages are kept before they are shown.
+// There is one per server, so the sizes of the variants do not matter,
+// and boxing either would add an indirection to every request.
+#[allow(clippy::large_enum_variant)]
+enum Backend {
+    /// A single server: the store, with the publisher holding the room's
+    /// output until it has what it needs.
+    Local(Publisher),
+    /// A node of a cluster: Redis.
+    Cluster(Node),
 }
 
 /// What the chat service keeps about one open connection.
@@ -84,6 +102,11 @@ struct Session {
     strikes: u32,
     /// Which language the client speaks, decided by its first frame.
     mode: Mode,
+    /// A `join` or `nick` waiting for Redis's answer (cluster mode).
+    waiting: Option<Request>,
+    /// Requests that came while one was waiting: handled, in order, once
+    /// it is answered, as a single server would have.
+    parked: VecDeque<Request>,
 }
 
 /// The two ways a client can talk to the server.
@@ -179,6 +202,9 @@ impl Chat {
     /// configured from the server's settings. It logs what the store
     /// holds, and reserves the first block of ids before anything is said.
     pub fn open(config: &ServerConfig) -> Result<Self, StoreError> {
+        if let Some(url) = &config.redis {
+            return Ok(Chat::clustered(config, url));
+        }
         let mut store = store::open(&config.db, config.sync, config.history)?;
         let summary = store.summary(MAIN_ROOM)?;
         // Every id up to the reservation may have been handed out (a DM
@@ -203,33 +229,60 @@ impl Chat {
             summary.last_id,
             store.epoch()
         );
-        let mut room = Room::new(
-            RoomConfig {
-                history_len: config.history,
-                max_text_chars: config.max_text_chars,
-                max_resume: config.max_resume,
-            },
-            store.epoch().to_owned(),
-        );
+        let mut room = Room::new(Chat::room_config(config), store.epoch().to_owned());
         room.restore(next_id, kept, dropped_through);
         let keeps_everything = store.keeps_everything();
-        Ok(Chat {
+        let publisher = Publisher::new(
+            Worker::new(store),
+            keeps_everything,
+            config.max_resume,
+            reserved,
+        );
+        Ok(Chat::with(config, room, Backend::Local(publisher)))
+    }
+
+    /// A chat of `room` on `backend`, with the server's settings.
+    fn with(config: &ServerConfig, room: Room, backend: Backend) -> Chat {
+        Chat {
             room,
             sessions: HashMap::new(),
             rate_limit: config.rate_limit,
             rate_burst: config.rate_burst,
             join_timeout: config.join_timeout,
             deliveries: Vec::new(),
-            publisher: Publisher::new(
-                Worker::new(store),
-                keeps_everything,
-                config.max_resume,
-                reserved,
-            ),
+            backend,
             releases: Vec::new(),
             plain_sessions: 0,
             metrics: ChatMetrics::default(),
-        })
+        }
+    }
+
+    /// The room's settings from the server's.
+    fn room_config(config: &ServerConfig) -> RoomConfig {
+        RoomConfig {
+            history_len: config.history,
+            max_text_chars: config.max_text_chars,
+            max_resume: config.max_resume,
+        }
+    }
+
+    /// `GET /healthz`: the users of this server; in a cluster, whether
+    /// Redis is reachable too, with 503 while it is not, so that a load
+    /// balancer sends new users to another node.
+    fn health(&self) -> Vec<u8> {
+        let online = self.room.online();
+        let (status, body) = match &self.backend {
+            Backend::Local(_) => (200, format!(r#"{{"status":"ok","online":{online}}}"#)),
+            Backend::Cluster(node) if node.is_up() => (
+                200,
+                format!(r#"{{"status":"ok","online":{online},"redis":"up"}}"#),
+            ),
+            Backend::Cluster(_) => (
+                503,
+                format!(r#"{{"status":"degraded","online":{online},"redis":"down"}}"#),
+            ),
+        };
+        http::response(status, "", "application/json", body.as_bytes())
     }
 
     /// Queues an error for one connection (sent by [`deliver`](Self::deliver)).
@@ -243,13 +296,16 @@ impl Chat {
     /// Hands what the room produced for a request of `conn` (and the store
     /// `query` it needs) to the publisher, and sends what it lets out.
     fn deliver(&mut self, conn: ConnId, query: Option<Job>, out: &mut Outbox<'_>) {
-        self.publisher.admit(
-            conn,
-            self.deliveries.drain(..),
-            query,
-            &mut self.room,
-            &mut self.releases,
-        );
+        match &mut self.backend {
+            Backend::Local(publisher) => publisher.admit(
+                conn,
+                self.deliveries.drain(..),
+                query,
+                &mut self.room,
+                &mut self.releases,
+            ),
+            Backend::Cluster(_) => cluster::admit(self.deliveries.drain(..), &mut self.releases),
+        }
         self.send(out);
     }
 
@@ -335,6 +391,62 @@ impl Chat {
     }
 }
 
+impl Chat {
+    /// Handles one request of `conn`: the room's answer, through the
+    /// backend.
+    fn request(&mut self, conn: ConnId, request: Request, out: &mut Outbox<'_>) {
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        if session.waiting.is_some() {
+            session.parked.push_back(request);
+            return;
+        }
+        self.metrics.received(&request);
+        let request = match &mut self.backend {
+            Backend::Local(_) => request,
+            Backend::Cluster(_) => match self.cluster_request(conn, request, out) {
+                Some(request) => request,
+                None => return self.deliver(conn, None, out),
+            },
+        };
+        self.handle(conn, request, out);
+    }
+
+    /// Hands a request to the room, logs a join or a rename, and delivers
+    /// the room's answer.
+    fn handle(&mut self, conn: ConnId, request: Request, out: &mut Outbox<'_>) {
+        let query = match &self.backend {
+            Backend::Local(publisher) => publisher.query(&self.room, &request),
+            Backend::Cluster(_) => None,
+        };
+        let was_joined = self.room.is_joined(conn);
+        // A rename is logged like a join or a leave; the old name is
+        // copied only for a `nick`, never on the hot path of a `say`.
+        let renaming = matches!(request, Request::Nick { .. })
+            .then(|| self.room.name(conn).map(str::to_owned))
+            .flatten();
+        self.room
+            .handle(conn, request, Timestamp::now(), &mut self.deliveries);
+        let peer = self.sessions.get(&conn).map(|session| session.peer);
+        if let (Some(old), Some(new), Some(peer)) = (renaming, self.room.name(conn), peer) {
+            if old != new {
+                log::info!("{peer} renamed {old} to {new}");
+            }
+        }
+        if !was_joined {
+            // The newcomer hears broadcasts once its welcome is sent (the
+            // publisher says when): see `publish.rs`.
+            if let (Some(name), Some(peer)) = (self.room.name(conn), peer) {
+                out.set_timer(conn, None);
+                self.metrics.joined();
+                log::info!("{peer} joined as {name} ({} online)", self.room.online());
+            }
+        }
+        self.deliver(conn, query, out);
+    }
+}
+
 impl Service for Chat {
     fn opened(&mut self, conn: ConnId, peer: SocketAddr, out: &mut Outbox<'_>) {
         log::info!("connect from {peer} ({} online)", self.room.online());
@@ -345,6 +457,8 @@ impl Service for Chat {
                 bucket: TokenBucket::new(self.rate_limit, self.rate_burst, out.now()),
                 strikes: 0,
                 mode: Mode::Undecided,
+                waiting: None,
+                parked: VecDeque::new(),
             },
         );
         // The join deadline: `timer` closes the connection unless a
@@ -369,35 +483,10 @@ impl Service for Chat {
             return;
         }
         session.strikes = 0;
-        let peer = session.peer;
-        let was_joined = self.room.is_joined(conn);
-        let mut query = None;
-        if let Some(request) = self.understand(conn, text, out) {
-            self.metrics.received(&request);
-            query = self.publisher.query(&self.room, &request);
-            // A rename is logged like a join or a leave; the old name is
-            // copied only for a `nick`, never on the hot path of a `say`.
-            let renaming = matches!(request, Request::Nick { .. })
-                .then(|| self.room.name(conn).map(str::to_owned))
-                .flatten();
-            self.room
-                .handle(conn, request, Timestamp::now(), &mut self.deliveries);
-            if let (Some(old), Some(new)) = (renaming, self.room.name(conn)) {
-                if old != new {
-                    log::info!("{peer} renamed {old} to {new}");
-                }
-            }
+        match self.understand(conn, text, out) {
+            Some(request) => self.request(conn, request, out),
+            None => self.deliver(conn, None, out),
         }
-        if !was_joined {
-            // The newcomer hears broadcasts once its welcome is sent (the
-            // publisher says when): see `publish.rs`.
-            if let Some(name) = self.room.name(conn) {
-                out.set_timer(conn, None);
-                self.metrics.joined();
-                log::info!("{peer} joined as {name} ({} online)", self.room.online());
-            }
-        }
-        self.deliver(conn, query, out);
     }
 
     fn binary(&mut self, conn: ConnId, _data: &[u8], out: &mut Outbox<'_>) {
@@ -422,7 +511,15 @@ impl Service for Chat {
             self.plain_sessions -= 1;
         }
         let name = self.room.name(conn).map(str::to_owned);
-        self.publisher.forget(conn);
+        match &mut self.backend {
+            Backend::Local(publisher) => publisher.forget(conn),
+            Backend::Cluster(node) => {
+                node.forget(conn);
+                if let Some(name) = &name {
+                    node.release(name, out.now());
+                }
+            }
+        }
         self.room
             .leave(conn, Timestamp::now(), &mut self.deliveries);
         let online = self.room.online();
@@ -433,25 +530,60 @@ impl Service for Chat {
         self.deliver(conn, None, out);
     }
 
-    fn attach(&mut self, wakeup: Wakeup) {
-        self.publisher.start(wakeup);
+    fn attach(&mut self, attach: Attach) {
+        match &mut self.backend {
+            Backend::Local(publisher) => publisher.start(attach.wakeup),
+            Backend::Cluster(node) => node.attach(attach.registry, std::time::Instant::now()),
+        }
     }
 
     fn woken(&mut self, out: &mut Outbox<'_>) {
-        self.publisher.pump(&mut self.room, &mut self.releases);
+        if let Backend::Local(publisher) = &mut self.backend {
+            publisher.pump(&mut self.room, &mut self.releases);
+        }
         self.send(out);
+    }
+
+    fn source_ready(&mut self, source: usize, ready: Readiness, out: &mut Outbox<'_>) {
+        if let Backend::Cluster(node) = &mut self.backend {
+            node.ready(source, ready, out.now());
+            self.node_events(out);
+        }
+    }
+
+    fn next_deadline(&self) -> Option<std::time::Instant> {
+        match &self.backend {
+            Backend::Local(_) => None,
+            Backend::Cluster(node) => node.next_deadline(),
+        }
+    }
+
+    fn deadline(&mut self, out: &mut Outbox<'_>) {
+        if let Backend::Cluster(node) = &mut self.backend {
+            node.deadline(out.now());
+            self.node_events(out);
+        }
     }
 
     fn end_of_turn(&mut self, out: &mut Outbox<'_>) {
-        self.publisher.pump(&mut self.room, &mut self.releases);
-        self.send(out);
+        match &mut self.backend {
+            Backend::Local(publisher) => {
+                publisher.pump(&mut self.room, &mut self.releases);
+                self.send(out);
+            }
+            Backend::Cluster(node) => {
+                node.end_of_turn(out.now());
+                self.node_events(out);
+            }
+        }
     }
 
     fn metrics(&self) -> Option<Box<dyn Collector>> {
-        Some(
-            self.metrics
-                .snapshot(self.room.online(), self.publisher.store_metrics()),
-        )
+        let store = match &self.backend {
+            Backend::Local(publisher) => publisher.store_metrics(),
+            Backend::Cluster(_) => Default::default(),
+        };
+        Some(self.metrics.snapshot(self.room.online(), store))
     }
 
     fn http_get(&mut self, path: &str) -> Vec<u8> {
@@ -459,8 +591,7 @@ impl Service for Chat {
             return response;
         }
         if path == "/healthz" || path.starts_with("/healthz?") {
-            let body = format!(r#"{{"status":"ok","online":{}}}"#, self.room.online());
-            return http::response(200, "", "application/json", body.as_bytes());
+            return self.health();
         }
         http::response(
             426,

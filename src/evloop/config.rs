@@ -12,6 +12,10 @@ use std::time::Duration;
 pub struct LoopConfig {
     /// Where to listen. Port 0 picks a free port (tests use that).
     pub addr: SocketAddr,
+    /// Let other processes listen on the same address (`SO_REUSEPORT`):
+    /// the kernel spreads new connections over them, so several cluster
+    /// nodes on one machine use every core (`--reuse-port`).
+    pub reuse_port: bool,
     /// Largest WebSocket message accepted; above it the connection is closed
     /// with 1009 (`--max-message-bytes`).
     pub max_message_bytes: usize,
@@ -52,6 +56,7 @@ impl Default for LoopConfig {
     fn default() -> Self {
         LoopConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 8765)),
+            reuse_port: false,
             max_message_bytes: 64 * 1024,
             max_connections: default_max_connections(),
             max_connections_per_ip: 0,

@@ -49,7 +49,7 @@ use crate::evloop::http::Refusal;
 use crate::evloop::inbound::ReadBuffer;
 use crate::evloop::metrics::{self, LoopMetrics};
 use crate::evloop::outqueue::{Batch, Broadcast, Channel, FrameRef};
-use crate::evloop::service::{Outbox, Service, Wakeup};
+use crate::evloop::service::{Attach, Outbox, Readiness, Service, Wakeup};
 use crate::evloop::timers::Timers;
 use crate::evloop::tls::{Stream, Tls, TlsReloader};
 
@@ -354,13 +354,16 @@ impl<S: Service> Server<S> {
     /// Binds the listening socket and prepares the loop; [`run`](Self::run) starts it.
     pub fn bind(config: LoopConfig, mut service: S) -> io::Result<Self> {
         let poll = Poll::new()?;
-        let mut listener = listen(config.addr)?;
+        let mut listener = listen(config.addr, config.reuse_port)?;
         let local_addr = listener.local_addr()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let woken = Arc::new(AtomicBool::new(false));
-        service.attach(Wakeup::new(Arc::clone(&woken), Arc::clone(&waker)));
+        service.attach(Attach {
+            wakeup: Wakeup::new(Arc::clone(&woken), Arc::clone(&waker)),
+            registry: poll.registry().try_clone()?,
+        });
         let tls = Tls::new(config.tls.clone());
         let per_ip = PerAddress {
             limit: config.max_connections_per_ip,
@@ -452,6 +455,9 @@ impl<S: Service> Server<S> {
                         self.service.woken(&mut out);
                     }
                 }
+                token if Attach::source_of(token).is_some() => {
+                    self.source_ready(token, event, now);
+                }
                 Token(key) => {
                     // Readable, or hung up, or an error: reading finds
                     // out which. A spurious event just reads WouldBlock.
@@ -479,6 +485,19 @@ impl<S: Service> Server<S> {
             .is_some_and(|deadline| self.slots.is_empty() || now >= deadline))
     }
 
+    /// Tells the service that one of its own sockets is ready.
+    fn source_ready(&mut self, token: Token, event: &mio::event::Event, now: Instant) {
+        let Some(source) = Attach::source_of(token) else {
+            return;
+        };
+        let ready = Readiness {
+            readable: event.is_readable() || event.is_read_closed() || event.is_error(),
+            writable: event.is_writable(),
+        };
+        let mut out = Outbox::new(&mut self.slots, &mut self.round, &self.config, now);
+        self.service.source_ready(source, ready, &mut out);
+    }
+
     /// Hands the heap memory freed since the last call back to the system,
     /// at most every [`TRIM_INTERVAL`], when a `poll` found no I/O. glibc
     /// keeps freed memory for reuse, and what a join storm or a burst of
@@ -504,10 +523,14 @@ impl<S: Service> Server<S> {
         if !self.unfinished_reads.is_empty() {
             return Some(Duration::ZERO);
         }
-        let next = [self.timers.next_deadline(), self.shutdown_by]
-            .into_iter()
-            .flatten()
-            .min()?;
+        let next = [
+            self.timers.next_deadline(),
+            self.shutdown_by,
+            self.service.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()?;
         // Round up to the next millisecond: epoll sleeps in whole
         // milliseconds, and waking a hair early would spin a turn for nothing.
         let wait = next.saturating_duration_since(Instant::now());
@@ -644,8 +667,18 @@ impl<S: Service> Server<S> {
         }
     }
 
-    /// Handles every deadline that has come due.
+    /// Handles every deadline that has come due: the connections', then
+    /// the service's own.
     fn fire_deadlines(&mut self, now: Instant) {
+        self.fire_connection_deadlines(now);
+        if self.service.next_deadline().is_some_and(|at| at <= now) {
+            let mut out = Outbox::new(&mut self.slots, &mut self.round, &self.config, now);
+            self.service.deadline(&mut out);
+        }
+    }
+
+    /// Handles every connection deadline that has come due.
+    fn fire_connection_deadlines(&mut self, now: Instant) {
         while let Some(expired) = self.timers.pop_due(now) {
             let key = expired.key;
             let Some(slot) = self.slots.get_mut(key) else {
@@ -789,14 +822,17 @@ impl<S: Service> Server<S> {
 
 /// A non-blocking listening socket with our listen queue length (mio's `bind` picks
 /// its own) and `SO_REUSEADDR`, so a restarted server can bind while old
-/// connections linger in TIME_WAIT.
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+/// connections linger in TIME_WAIT; with `reuse_port`, `SO_REUSEPORT` too.
+fn listen(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
         Some(socket2::Protocol::TCP),
     )?;
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use mio::Waker;
+use mio::{Registry, Token, Waker};
 use prometheus_client::collector::Collector;
 use slab::Slab;
 use tungstenite::protocol::frame::coding::{CloseCode, Data};
@@ -59,10 +59,31 @@ pub trait Service {
         None
     }
 
-    /// Called once, before the loop runs: a handle with which another
-    /// thread (a completion source, such as a store thread) wakes the
-    /// loop and has [`woken`](Self::woken) called. By default unused.
-    fn attach(&mut self, _wakeup: Wakeup) {}
+    /// Called once, before the loop runs, with what the service may use
+    /// besides its connections: a [`Wakeup`] with which another thread (a
+    /// completion source, such as a store thread) wakes the loop, and the
+    /// poll's registry with the tokens reserved for sockets of the
+    /// service's own (the connections of a client of another server, such
+    /// as Redis). By default unused.
+    fn attach(&mut self, _attach: Attach) {}
+
+    /// A socket the service registered under [`Attach::token`]`(source)`
+    /// is ready. Readiness is edge-triggered and may be spurious, as for
+    /// connections: read and write until `WouldBlock`.
+    fn source_ready(&mut self, _source: usize, _ready: Readiness, _out: &mut Outbox<'_>) {}
+
+    /// When the service next needs [`deadline`](Self::deadline) called
+    /// (its own timers: reconnects, reply timeouts, periodic work); the
+    /// loop sleeps no longer than this. Asked once per turn, after
+    /// [`end_of_turn`](Self::end_of_turn).
+    fn next_deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    /// The instant given by [`next_deadline`](Self::next_deadline) has
+    /// passed (or the loop woke up near it: an early call must be harmless).
+    /// Called with the connections' deadlines, before `end_of_turn`.
+    fn deadline(&mut self, _out: &mut Outbox<'_>) {}
 
     /// [`Wakeup::wake`] was called since the last call (once or several
     /// times; spurious calls are harmless). Called on the loop's thread,
@@ -74,6 +95,59 @@ pub trait Service {
     /// turn's work to another thread in one piece, or to send what was
     /// held back.
     fn end_of_turn(&mut self, _out: &mut Outbox<'_>) {}
+}
+
+/// How many sockets of its own a service may register with the loop's
+/// poll: a cluster node uses two (commands and the stream reader); a few
+/// more leave room without taking much of the token space.
+pub const SERVICE_SOURCES: usize = 8;
+
+/// What [`Service::attach`] gets.
+#[derive(Debug)]
+pub struct Attach {
+    /// Wakes the loop from another thread.
+    pub wakeup: Wakeup,
+    /// The loop's poll registry (a clone of it), for the service's own
+    /// sockets; the readiness of a socket registered under
+    /// [`Attach::token`] comes back through [`Service::source_ready`].
+    pub registry: Registry,
+}
+
+impl Attach {
+    /// The token for the service's socket number `source`, below
+    /// [`SERVICE_SOURCES`]. Connection tokens are slab keys counting up
+    /// from 0 and the loop's own two tokens are the top two, so these sit
+    /// just below those and never meet a connection's.
+    ///
+    /// # Panics
+    ///
+    /// If `source` is not below [`SERVICE_SOURCES`]: that is a bug in the
+    /// service, not a condition to handle.
+    pub fn token(source: usize) -> Token {
+        assert!(source < SERVICE_SOURCES, "source {source} out of range");
+        Token(FIRST_SOURCE_TOKEN + source)
+    }
+
+    /// Which of the service's sockets `token` names, if it is one.
+    pub(super) fn source_of(token: Token) -> Option<usize> {
+        token
+            .0
+            .checked_sub(FIRST_SOURCE_TOKEN)
+            .filter(|&source| source < SERVICE_SOURCES)
+    }
+}
+
+/// The first token of the service's sockets: just below the loop's own
+/// two (the listener and the waker).
+const FIRST_SOURCE_TOKEN: usize = usize::MAX - 1 - SERVICE_SOURCES;
+
+/// What a service-owned socket is ready for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Readiness {
+    /// Readable, hung up or failed: reading finds out which.
+    pub readable: bool,
+    /// Writable (or a non-blocking connect finished, one way or the other).
+    pub writable: bool,
 }
 
 /// Wakes the loop from another thread to call [`Service::woken`]; see

@@ -188,6 +188,28 @@ impl<S: Read + Write> Client<S> {
         }
     }
 
+    /// The next text frame, parsed as a JSON object, waiting up to
+    /// `limit` for it: for what comes later than [`TIMEOUT`] allows, such
+    /// as the `left` of a user whose server died.
+    pub fn recv_within(&mut self, limit: std::time::Duration) -> Value {
+        let give_up = std::time::Instant::now() + limit;
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(text)) => {
+                    return serde_json::from_str(&text).expect("a JSON text frame")
+                }
+                Ok(Message::Ping(_) | Message::Pong(_)) => {}
+                Ok(other) => panic!("expected a text frame, got {other:?}"),
+                Err(tungstenite::Error::Io(err))
+                    if matches!(
+                        err.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) && std::time::Instant::now() < give_up => {}
+                Err(err) => panic!("no frame within {limit:?}: {err}"),
+            }
+        }
+    }
+
     /// The next text frame as it is (pings skipped): a plain-text line.
     pub fn recv_line(&mut self) -> String {
         loop {

@@ -8,6 +8,7 @@
 
 pub mod conn;
 pub mod link;
+pub mod node;
 pub mod scripts;
 
 use std::collections::hash_map::RandomState;

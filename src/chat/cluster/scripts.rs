@@ -1,7 +1,8 @@
 //! The cluster's Redis commands: the Lua scripts that make each step
-//! atomic (publishing a round, claiming and releasing names, liveness,
-//! reaping dead nodes, the epoch), the read of the streams that carries
-//! every node's deliveries, and the parsing of their replies.
+//! atomic (publishing a round, claiming, renaming and releasing names,
+//! sending a DM, liveness, reaping dead nodes, the epoch, the snapshot a
+//! node starts from), the read of the streams that carries every node's
+//! deliveries, the history's pages, and the parsing of their replies.
 //!
 //! Every function here builds a command's arguments or reads a reply; none
 //! does I/O. A command goes out through a [`super::link::Link`], usually
@@ -17,12 +18,14 @@
 //! | `{CHAT}:next_id` | string | the last message id allocated |
 //! | `{CHAT}:history` | stream | public messages, entry id `ID-0` |
 //! | `{CHAT}:cid:CID` | string | the id a cid got, expiring after 24 h |
-//! | `{CHAT}:presence` | stream | `joined` and `left` events |
+//! | `{CHAT}:dmcid:SENDER:CID` | hash | a DM's id, fields and sender's name key for its sender's cid, expiring after 24 h |
+//! | `{CHAT}:presence` | stream | `joined`, `left` and `renamed` events |
 //! | `{CHAT}:names` | hash | name key (lowercase) → node id |
 //! | `{CHAT}:online` | hash | name key → name as typed, for `who` |
 //! | `{CHAT}:nodes` | set | the node ids registered as live |
 //! | `{CHAT}:node:ID:alive` | string | present while node ID lives |
 //! | `{CHAT}:node:ID:users` | hash | name key → name as typed, per node |
+//! | `{CHAT}:node:ID:inbox` | stream | DMs to node ID's users, entry id `*` |
 
 use std::fmt;
 use std::time::Duration;
@@ -134,23 +137,40 @@ pub enum Claim {
     NotRegistered,
 }
 
-/// Whether a presence event is a join or a leave.
+/// The answer to a rename.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rename {
+    /// The user has the new name now, and the rename was announced.
+    Renamed,
+    /// Another user, on any node, has the new name (case-insensitively).
+    Taken,
+    /// This node does not hold the old name (it was freed because the node
+    /// was declared dead): nothing changed.
+    NotHeld,
+}
+
+/// Whether a presence event is a join, a leave or a rename.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PresenceKind {
     /// `joined`.
     Joined,
     /// `left`.
     Left,
+    /// `renamed`; the event's name is the new one.
+    Renamed {
+        /// The old name, as typed.
+        from: String,
+    },
 }
 
-/// A `joined` or `left` from the presence stream.
+/// A `joined`, `left` or `renamed` from the presence stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Presence {
     /// The stream entry's id: where a reader resumes.
     pub stream_id: String,
-    /// Join or leave.
+    /// Join, leave or rename.
     pub kind: PresenceKind,
-    /// The name as typed.
+    /// The name as typed (the new one, for a rename).
     pub name: String,
     /// The node the user is (or was) on.
     pub node: String,
@@ -158,24 +178,94 @@ pub struct Presence {
     pub online: u64,
 }
 
+/// A DM to be sent, before it has an id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDm {
+    /// The server time it was accepted, as the protocol writes it.
+    pub ts: String,
+    /// The sender's name, as typed.
+    pub from: String,
+    /// The recipient's name as the sender typed it: found
+    /// case-insensitively.
+    pub to: String,
+    /// The text.
+    pub text: String,
+    /// The client's id for it, if it sent one.
+    pub cid: Option<String>,
+}
+
+/// A DM as first stored under its cid: what a resend is answered with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDm {
+    /// Its place in the chat's one order (shared with public messages).
+    pub id: u64,
+    /// The server time it was accepted.
+    pub ts: String,
+    /// The sender's name, as typed.
+    pub from: String,
+    /// The recipient's name, as the recipient typed it.
+    pub to: String,
+    /// The text.
+    pub text: String,
+}
+
+/// What sending a DM did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DmOutcome {
+    /// Stored in the inbox of the recipient's node under a new id.
+    Sent {
+        /// The id it got.
+        id: u64,
+        /// The recipient's name as they typed it.
+        to: String,
+    },
+    /// Nobody online has that name: nothing was stored, no id allocated.
+    UnknownUser,
+    /// The same sender sent this cid before: the DM as then stored.
+    Duplicate(StoredDm),
+}
+
+/// A DM from this node's inbox stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxDm {
+    /// The stream entry's id: where a reader resumes.
+    pub stream_id: String,
+    /// Its place in the chat's one order (shared with public messages).
+    pub id: u64,
+    /// The server time it was accepted.
+    pub ts: String,
+    /// The sender's name, as typed.
+    pub from: String,
+    /// The recipient's name, as the recipient typed it.
+    pub to: String,
+    /// The text.
+    pub text: String,
+    /// The sender's client id for it, if it sent one.
+    pub cid: Option<String>,
+}
+
 /// Something a stream read delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
     /// A public message, in id order.
     Message(StoredMessage),
-    /// A join or a leave, in the order Redis accepted them.
+    /// A join, a leave or a rename, in the order Redis accepted them.
     Presence(Presence),
+    /// A DM to a user of this node, in the order Redis accepted them.
+    Inbox(InboxDm),
 }
 
-/// Where a node's reader stands in both streams: the last entry it has
-/// delivered of each. After a reconnect it reads on from here, so nothing
-/// is skipped and nothing delivered twice.
+/// Where a node's reader stands in its three streams: the last entry it
+/// has delivered of each. After a reconnect it reads on from here, so
+/// nothing is skipped and nothing delivered twice.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
     /// The last public message id delivered.
     pub message: u64,
     /// The last presence entry id delivered (`0-0` for none).
     pub presence: String,
+    /// The last entry id of this node's inbox delivered (`0-0` for none).
+    pub inbox: String,
 }
 
 impl Cursor {
@@ -185,9 +275,31 @@ impl Cursor {
             match delivery {
                 Delivery::Message(message) => self.message = message.id,
                 Delivery::Presence(presence) => self.presence.clone_from(&presence.stream_id),
+                Delivery::Inbox(dm) => self.inbox.clone_from(&dm.stream_id),
             }
         }
     }
+}
+
+/// What a node reads when it joins the cluster (at start-up, and again
+/// after it learnt it was declared dead or Redis lost its data): its
+/// reader continues from (`last_id`, `presence`) without a gap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The history's epoch (created by this call if Redis had none).
+    pub epoch: String,
+    /// Whether the node was registered as live before this call: false
+    /// after it was declared dead or Redis lost its data.
+    pub was_registered: bool,
+    /// The presence stream's last entry id (`0-0` if empty).
+    pub presence: String,
+    /// (name as typed, node id) of every user online, sorted by name key
+    /// so that every node lists them in the same order.
+    pub users: Vec<(String, String)>,
+    /// The last public messages, oldest first.
+    pub history: Vec<StoredMessage>,
+    /// The history stream's last message id (0 if empty).
+    pub last_id: u64,
 }
 
 /// The commands of one chat, whose keys all start with `{CHAT}`.
@@ -195,6 +307,10 @@ impl Cursor {
 pub struct Commands {
     /// `{CHAT}`: the prefix and hash tag of every key.
     prefix: String,
+    /// Names the epoch.
+    epoch_key: String,
+    /// Names the id counter, shared by public messages and DMs.
+    counter: String,
     /// Names the history stream.
     history: String,
     /// Names the presence stream.
@@ -217,6 +333,12 @@ pub struct Commands {
     reap: Script,
     /// `epoch.lua`.
     epoch: Script,
+    /// `rename.lua`.
+    rename: Script,
+    /// `dm.lua`.
+    dm: Script,
+    /// `snapshot.lua`.
+    snapshot: Script,
 }
 
 /// The bulk strings of a command given as text.
@@ -229,6 +351,8 @@ impl Commands {
     pub fn new(chat: &str) -> Commands {
         let prefix = format!("{{{chat}}}");
         Commands {
+            epoch_key: format!("{prefix}:epoch"),
+            counter: format!("{prefix}:next_id"),
             history: format!("{prefix}:history"),
             presence: format!("{prefix}:presence"),
             names: format!("{prefix}:names"),
@@ -241,10 +365,13 @@ impl Commands {
             alive: Script::new(include_str!("lua/alive.lua")),
             reap: Script::new(include_str!("lua/reap.lua")),
             epoch: Script::new(include_str!("lua/epoch.lua")),
+            rename: Script::new(include_str!("lua/rename.lua")),
+            dm: Script::new(include_str!("lua/dm.lua")),
+            snapshot: Script::new(include_str!("lua/snapshot.lua")),
         }
     }
 
-    fn scripts(&self) -> [&Script; 6] {
+    fn scripts(&self) -> [&Script; 9] {
         [
             &self.publish,
             &self.claim,
@@ -252,6 +379,9 @@ impl Commands {
             &self.alive,
             &self.reap,
             &self.epoch,
+            &self.rename,
+            &self.dm,
+            &self.snapshot,
         ]
     }
 
@@ -270,15 +400,14 @@ impl Commands {
         self.scripts().iter().map(|s| s.sha.as_str()).collect()
     }
 
-    /// The key of node `node`'s `what` (`alive` or `users`).
+    /// The key of node `node`'s `what` (`alive`, `users` or `inbox`).
     fn node_key(&self, node: &str, what: &str) -> String {
         format!("{}:node:{node}:{what}", self.prefix)
     }
 
     /// Reads the epoch, creating it as `candidate` if there is none.
     pub fn epoch(&self, candidate: &str) -> Vec<Vec<u8>> {
-        let key = format!("{}:epoch", self.prefix);
-        self.epoch.call(&[&key], strings(&[candidate]))
+        self.epoch.call(&[&self.epoch_key], strings(&[candidate]))
     }
 
     /// Publishes `messages` in this order: consecutive new ids, appended to
@@ -290,13 +419,12 @@ impl Commands {
         bound: usize,
         cid_ttl: Duration,
     ) -> Vec<Vec<u8>> {
-        let counter = format!("{}:next_id", self.prefix);
         let cid_keys: Vec<String> = messages
             .iter()
             .filter_map(|message| message.cid.as_ref())
             .map(|cid| format!("{}:cid:{cid}", self.prefix))
             .collect();
-        let mut keys = vec![counter.as_str(), self.history.as_str()];
+        let mut keys = vec![self.counter.as_str(), self.history.as_str()];
         keys.extend(cid_keys.iter().map(String::as_str));
         let mut args = strings(&[
             &bound.to_string(),
@@ -330,6 +458,60 @@ impl Commands {
         )
     }
 
+    /// Renames `old_name`, which a user on `node` holds, to `new_name`,
+    /// announcing the rename in the presence stream (kept to about `bound`
+    /// entries). A change of case only changes the name shown.
+    pub fn rename(&self, node: &str, old_name: &str, new_name: &str, bound: usize) -> Vec<Vec<u8>> {
+        let users = self.node_key(node, "users");
+        self.rename.call(
+            &[&self.names, &users, &self.presence, &self.online],
+            strings(&[
+                &name_key(old_name),
+                &name_key(new_name),
+                new_name,
+                node,
+                &bound.to_string(),
+            ]),
+        )
+    }
+
+    /// Sends `message` from a user of `node` to the inbox of its
+    /// recipient's node and, if that is another, of `node` (kept to about
+    /// `bound` entries each), under the next id of the chat's one
+    /// sequence; its cid, if any, is remembered for `cid_ttl`, per sender.
+    pub fn dm(&self, node: &str, message: &NewDm, cid_ttl: Duration, bound: usize) -> Vec<Vec<u8>> {
+        let sender = name_key(&message.from);
+        // Keyed by sender too: a cid another user happens to send is
+        // another DM, remembered on its own. Names hold no `:`, so the key
+        // reads back unambiguously.
+        let cid_key = message
+            .cid
+            .as_ref()
+            .map(|cid| format!("{}:dmcid:{sender}:{cid}", self.prefix));
+        let mut keys = vec![
+            self.names.as_str(),
+            self.online.as_str(),
+            self.counter.as_str(),
+        ];
+        keys.extend(cid_key.as_deref());
+        self.dm.call(
+            &keys,
+            strings(&[
+                &self.prefix,
+                &name_key(&message.to),
+                &sender,
+                &message.ts,
+                &message.from,
+                &message.to,
+                &message.text,
+                message.cid.as_deref().unwrap_or(""),
+                &cid_ttl.as_secs().max(1).to_string(),
+                &bound.to_string(),
+                node,
+            ]),
+        )
+    }
+
     /// Releases `name` if `node` holds it, announcing the leave.
     pub fn release(&self, node: &str, name: &str, bound: usize) -> Vec<Vec<u8>> {
         let users = self.node_key(node, "users");
@@ -352,9 +534,35 @@ impl Commands {
 
     fn liveness(&self, node: &str, ttl: Duration, mode: &str) -> Vec<Vec<u8>> {
         let alive = self.node_key(node, "alive");
-        self.alive.call(
-            &[&self.nodes, &alive],
-            strings(&[node, &ttl.as_millis().max(1).to_string(), mode]),
+        self.alive
+            .call(&[&self.nodes, &alive], strings(&[node, &millis(ttl), mode]))
+    }
+
+    /// Registers `node` as live for `ttl` and reads where the chat stands:
+    /// the epoch (created as `candidate_epoch` if there is none), whether
+    /// the node was still registered, everyone online, the last `keep`
+    /// public messages and the streams' last ids. One atomic step, so
+    /// nothing can happen between what it reads and where the node's
+    /// reader starts.
+    pub fn snapshot(
+        &self,
+        node: &str,
+        ttl: Duration,
+        candidate_epoch: &str,
+        keep: usize,
+    ) -> Vec<Vec<u8>> {
+        let alive = self.node_key(node, "alive");
+        self.snapshot.call(
+            &[
+                &self.epoch_key,
+                &self.nodes,
+                &alive,
+                &self.presence,
+                &self.online,
+                &self.names,
+                &self.history,
+            ],
+            strings(&[node, &millis(ttl), candidate_epoch, &keep.to_string()]),
         )
     }
 
@@ -372,10 +580,31 @@ impl Commands {
         strings(&["HVALS", &self.online])
     }
 
-    /// Reads both streams after `cursor`, at most `count` entries of each,
-    /// waiting up to `block` for something new. Sent on a connection of
-    /// its own, since it holds the connection while it waits.
-    pub fn read(&self, cursor: &Cursor, block: Duration, count: usize) -> Vec<Vec<u8>> {
+    /// Up to `limit` public messages with ids below `before` (`u64::MAX`
+    /// for the newest), newest first as Redis answers; see [`parse_page`].
+    pub fn page(&self, before: u64, limit: usize) -> Vec<Vec<u8>> {
+        let end = match before {
+            u64::MAX => "+".to_owned(),
+            // `(0-0` is an error to Redis; `0-0` names no entry, since
+            // message ids start at 1, so the page is empty as it should be.
+            0 => "0-0".to_owned(),
+            before => format!("({before}-0"),
+        };
+        strings(&[
+            "XREVRANGE",
+            &self.history,
+            &end,
+            "-",
+            "COUNT",
+            &limit.to_string(),
+        ])
+    }
+
+    /// Reads the history, the presence stream and `node`'s inbox after
+    /// `cursor`, at most `count` entries of each, waiting up to `block`
+    /// for something new. Sent on a connection of its own, since it holds
+    /// the connection while it waits.
+    pub fn read(&self, node: &str, cursor: &Cursor, block: Duration, count: usize) -> Vec<Vec<u8>> {
         strings(&[
             "XREAD",
             "COUNT",
@@ -385,40 +614,48 @@ impl Commands {
             "STREAMS",
             &self.history,
             &self.presence,
+            &self.node_key(node, "inbox"),
             &format!("{}-0", cursor.message),
             &cursor.presence,
+            &cursor.inbox,
         ])
     }
 
-    /// Splits an `XREAD` reply into deliveries: messages in id order, then
-    /// presence events in stream order. A timeout (nil) delivers nothing.
-    pub fn parse_read(&self, frame: Frame) -> Result<Vec<Delivery>, ReplyError> {
+    /// Splits the reply to [`Commands::read`] for `node` into deliveries,
+    /// stream by stream as Redis answers: messages in id order, presence
+    /// events and DMs each in stream order. A timeout (nil) delivers
+    /// nothing.
+    pub fn parse_read(&self, node: &str, frame: Frame) -> Result<Vec<Delivery>, ReplyError> {
         let mut out = Vec::new();
         if frame == Frame::Null {
             return Ok(out);
         }
+        let inbox = self.node_key(node, "inbox");
         for stream in array(frame)? {
             let [name, entries] = pair(stream)?;
             let name = text(name)?;
-            let history = if name == self.history {
-                true
-            } else if name == self.presence {
-                false
-            } else {
-                return Err(ReplyError(format!("a stream not asked for: {name}")));
-            };
-            for entry in array(entries)? {
-                let [id, fields] = pair(entry)?;
-                let (id, fields) = (text(id)?, array(fields)?);
-                out.push(if history {
-                    Delivery::Message(stored_message(&id, fields)?)
+            let parse: fn(String, Vec<Frame>) -> Result<Delivery, ReplyError> =
+                if name == self.history {
+                    |id, fields| stored_message(&id, fields).map(Delivery::Message)
+                } else if name == self.presence {
+                    |id, fields| presence(id, fields).map(Delivery::Presence)
+                } else if name == inbox {
+                    |id, fields| inbox_dm(id, fields).map(Delivery::Inbox)
                 } else {
-                    Delivery::Presence(presence(id, fields)?)
-                });
+                    return Err(ReplyError(format!("a stream not asked for: {name}")));
+                };
+            for item in array(entries)? {
+                let (id, fields) = entry(item)?;
+                out.push(parse(id, fields)?);
             }
         }
         Ok(out)
     }
+}
+
+/// A duration in whole milliseconds, at least 1 (Redis refuses `PX 0`).
+fn millis(duration: Duration) -> String {
+    duration.as_millis().max(1).to_string()
 }
 
 /// An error reply as a [`ReplyError`]; anything else as itself.
@@ -457,6 +694,12 @@ fn text(frame: Frame) -> Result<String, ReplyError> {
     }
 }
 
+/// A stream entry: its id and its flat field list.
+fn entry(frame: Frame) -> Result<(String, Vec<Frame>), ReplyError> {
+    let [id, fields] = pair(frame)?;
+    Ok((text(id)?, array(fields)?))
+}
+
 /// A stream entry's flat field list as (field, value) pairs.
 fn fields(list: Vec<Frame>) -> Result<Vec<(String, String)>, ReplyError> {
     let mut pairs = Vec::with_capacity(list.len() / 2);
@@ -488,12 +731,16 @@ fn number(value: &str) -> Result<u64, ReplyError> {
         .map_err(|_| ReplyError(format!("not a number: {value}")))
 }
 
+/// The message id of a history entry's stream id, `ID-0`.
+fn message_id(stream_id: &str) -> Result<u64, ReplyError> {
+    number(stream_id.strip_suffix("-0").unwrap_or(stream_id))
+}
+
 /// A history entry: stream id `ID-0` and the message's fields.
 fn stored_message(stream_id: &str, list: Vec<Frame>) -> Result<StoredMessage, ReplyError> {
     let pairs = fields(list)?;
-    let id = stream_id.strip_suffix("-0").unwrap_or(stream_id);
     Ok(StoredMessage {
-        id: number(id)?,
+        id: message_id(stream_id)?,
         ts: required(&pairs, "ts")?,
         from: required(&pairs, "from")?,
         text: required(&pairs, "text")?,
@@ -506,6 +753,9 @@ fn presence(stream_id: String, list: Vec<Frame>) -> Result<Presence, ReplyError>
     let kind = match required(&pairs, "type")?.as_str() {
         "joined" => PresenceKind::Joined,
         "left" => PresenceKind::Left,
+        "renamed" => PresenceKind::Renamed {
+            from: required(&pairs, "from")?,
+        },
         other => return Err(ReplyError(format!("an unknown presence event: {other}"))),
     };
     Ok(Presence {
@@ -514,6 +764,20 @@ fn presence(stream_id: String, list: Vec<Frame>) -> Result<Presence, ReplyError>
         name: required(&pairs, "name")?,
         node: required(&pairs, "node")?,
         online: number(&required(&pairs, "online")?)?,
+    })
+}
+
+/// An inbox entry: a DM's fields under a stream id of Redis's choosing.
+fn inbox_dm(stream_id: String, list: Vec<Frame>) -> Result<InboxDm, ReplyError> {
+    let pairs = fields(list)?;
+    Ok(InboxDm {
+        stream_id,
+        id: number(&required(&pairs, "id")?)?,
+        ts: required(&pairs, "ts")?,
+        from: required(&pairs, "from")?,
+        to: required(&pairs, "to")?,
+        text: required(&pairs, "text")?,
+        cid: field(&pairs, "cid"),
     })
 }
 
@@ -554,6 +818,80 @@ pub fn parse_claim(frame: Frame) -> Result<Claim, ReplyError> {
         online => Claim::Claimed {
             online: online as u64,
         },
+    })
+}
+
+/// The rename script's answer.
+pub fn parse_rename(frame: Frame) -> Result<Rename, ReplyError> {
+    match integer(frame)? {
+        1 => Ok(Rename::Renamed),
+        0 => Ok(Rename::Taken),
+        -1 => Ok(Rename::NotHeld),
+        other => Err(ReplyError(format!("a rename result of {other}"))),
+    }
+}
+
+/// The DM script's answer.
+pub fn parse_dm(frame: Frame) -> Result<DmOutcome, ReplyError> {
+    let mut parts = array(frame)?.into_iter();
+    let mut next = || {
+        parts
+            .next()
+            .ok_or_else(|| ReplyError("a DM result cut short".into()))
+    };
+    Ok(match text(next()?)?.as_str() {
+        "sent" => DmOutcome::Sent {
+            id: integer(next()?)? as u64,
+            to: text(next()?)?,
+        },
+        "unknown" => DmOutcome::UnknownUser,
+        "duplicate" => DmOutcome::Duplicate(StoredDm {
+            id: integer(next()?)? as u64,
+            ts: text(next()?)?,
+            from: text(next()?)?,
+            to: text(next()?)?,
+            text: text(next()?)?,
+        }),
+        other => return Err(ReplyError(format!("a DM result of {other}"))),
+    })
+}
+
+/// A page of history, oldest first (Redis answers newest first).
+pub fn parse_page(frame: Frame) -> Result<Vec<StoredMessage>, ReplyError> {
+    // Redis answers `COUNT 0` with a nil rather than an empty array.
+    if frame == Frame::Null {
+        return Ok(Vec::new());
+    }
+    let mut page = history(frame)?;
+    page.reverse();
+    Ok(page)
+}
+
+/// History entries, in the order given.
+fn history(frame: Frame) -> Result<Vec<StoredMessage>, ReplyError> {
+    array(frame)?
+        .into_iter()
+        .map(|item| {
+            let (id, fields) = entry(item)?;
+            stored_message(&id, fields)
+        })
+        .collect()
+}
+
+/// The snapshot script's answer.
+pub fn parse_snapshot(frame: Frame) -> Result<Snapshot, ReplyError> {
+    let parts = <[Frame; 6]>::try_from(array(frame)?)
+        .map_err(|parts| ReplyError(format!("a snapshot of {} parts", parts.len())))?;
+    let [epoch, was_registered, presence, users, history_entries, last_id] = parts;
+    let mut users = fields(array(users)?)?;
+    users.sort_by_cached_key(|(name, _)| name_key(name));
+    Ok(Snapshot {
+        epoch: text(epoch)?,
+        was_registered: integer(was_registered)? == 1,
+        presence: text(presence)?,
+        users,
+        history: history(history_entries)?,
+        last_id: message_id(&text(last_id)?)?,
     })
 }
 

@@ -1,13 +1,15 @@
 -- Declares dead every registered node whose liveness key expired: frees
--- its users' names and announces each of them as left, once. Scripts run
--- one at a time, so two nodes reaping at the same moment cannot both
+-- its users' names and announces each of them as left, once, and drops
+-- its inbox (its users are gone, so nobody will read their DMs). Scripts
+-- run one at a time, so two nodes reaping at the same moment cannot both
 -- announce the same user.
 --
 -- KEYS[1]  the set of live nodes, KEYS[2] the names hash,
 -- KEYS[3]  the presence stream
 -- KEYS[4]  the online hash
 -- ARGV[1]  the key prefix: a node's keys are
---          PREFIX:node:ID:alive and PREFIX:node:ID:users
+--          PREFIX:node:ID:alive, PREFIX:node:ID:users and
+--          PREFIX:node:ID:inbox
 --          (derived from the set's members, so they cannot be passed in
 --          KEYS; they share the prefix's hash tag, hence its slot)
 -- ARGV[2]  the presence stream's bound (MAXLEN ~)
@@ -30,7 +32,7 @@ for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
         out[#out + 1] = users[i + 1]
       end
     end
-    redis.call('DEL', base .. ':users')
+    redis.call('DEL', base .. ':users', base .. ':inbox')
     redis.call('SREM', KEYS[1], node)
   end
 end
