@@ -5,26 +5,32 @@
 # tables of docs/performance.md. mioserver runs twice over: durable (its
 # default: a SQLite file in this run's temporary directory, --sync full)
 # and with --db :memory:; then once more durable over TLS (wss://, with a
-# certificate made for the run).
+# certificate made for the run); and as a cluster: two mioserver nodes
+# sharing one redis-server (all three pinned to CPU 0), chatbench spreading
+# its clients over both nodes.
 #
-#   bash scripts/bench.sh           # quick: about four minutes
+#   bash scripts/bench.sh           # quick: about five minutes
 #   bash scripts/bench.sh --full    # longer runs, more clients
 #
 # Every server is started afresh for every run, so no run inherits
 # another's history, connections or memory. fanout and flood run three
 # times, the servers taking turns, and the tables show medians. Raw
 # results stay in target/bench/ (*.json from chatbench, *.metrics from
-# mioserver's GET /metrics at the end of each run).
+# mioserver's GET /metrics at the end of each run, *.redis from Redis's
+# INFO commandstats after each cluster run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Tools: taskset (util-linux) pins processes, jq reads chatbench's JSON,
-# curl scrapes /metrics, openssl makes the TLS certificates.
+# curl scrapes /metrics, openssl makes the TLS certificates, redis-server
+# (with redis-cli) is the cluster's shared state.
 missing=()
 command -v taskset >/dev/null || missing+=(util-linux)
 command -v jq >/dev/null || missing+=(jq)
 command -v curl >/dev/null || missing+=(curl)
 command -v openssl >/dev/null || missing+=(openssl)
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v redis-cli >/dev/null || missing+=(redis-tools)
 if ((${#missing[@]})); then
     apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
@@ -45,6 +51,13 @@ fi
 
 cargo build --release --quiet --bin mioserver --bin chatbench --example floor --example tokio_baseline
 bin=target/release
+# The cluster runs need a mioserver with --redis.
+if "$bin/mioserver" --help | grep -q -- --redis; then
+    cluster=(cluster)
+else
+    cluster=()
+    echo "bench.sh: this mioserver has no --redis: NO CLUSTER RUNS" >&2
+fi
 out=target/bench
 mkdir -p "$out"
 rm -f "$out"/*.json "$out"/*.metrics "$out"/*.log
@@ -73,16 +86,30 @@ openssl x509 -req -in "$tmp/leaf.csr" -CA "$tmp/ca.pem" -CAkey "$tmp/ca.key" \
 ulimit -n "$(ulimit -Hn)"
 
 port=28765
-server_pid=
-listening() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
-start_server() { # NAME
-    # A fresh port that nobody (another server on this machine) holds.
+# The running server's processes (a cluster's nodes, then its Redis) and
+# the ports its clients connect to.
+pids=() ports=() redis_port=
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+free_port() { # a fresh port that nobody (another server on this machine) holds
     port=$((port + 1))
-    while listening; do port=$((port + 1)); done
+    while listening "$port"; do port=$((port + 1)); done
+}
+# Waits (at most 5 s) until process PID accepts connections on PORT.
+await() { # NAME PID PORT
+    for _ in $(seq 50); do
+        if listening "$3" && kill -0 "$2" 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "bench.sh: $1 did not start; see $out/$1.log" >&2
+    return 1
+}
+start_server() { # NAME
+    free_port
     local addr=127.0.0.1:$port
     # Each durable run starts with a new database.
     rm -f "$tmp"/bench.db*
     local durable=(--db "$tmp/bench.db" --sync full)
+    ports=("$port")
     case $1 in
     durable) RUST_LOG=warn taskset -c 0 "$bin/mioserver" "$addr" --rate-limit 0 "${durable[@]}" 2>"$out/$1.log" & ;;
     memory) RUST_LOG=warn taskset -c 0 "$bin/mioserver" "$addr" --rate-limit 0 --db :memory: 2>"$out/$1.log" & ;;
@@ -90,43 +117,98 @@ start_server() { # NAME
         --tls-cert "$tmp/cert.pem" --tls-key "$tmp/key.pem" 2>"$out/$1.log" & ;;
     floor) taskset -c 0 "$bin/examples/floor" "$addr" 2>"$out/$1.log" & ;;
     tokio) taskset -c 0 "$bin/examples/tokio_baseline" "$addr" 2>"$out/$1.log" & ;;
+    cluster)
+        # A fresh Redis for each run, so no run inherits another's
+        # history; persisted as a production one would be (an append-only
+        # file, fsynced every second, no snapshots).
+        redis_port=$port
+        rm -rf "$tmp/redis" && mkdir "$tmp/redis"
+        taskset -c 0 redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$tmp/redis" \
+            --save "" --appendonly yes --appendfsync everysec >"$out/$1-redis.log" 2>&1 &
+        pids=($!)
+        await "$1-redis" "${pids[0]}" "$redis_port" || return 1
+        ports=()
+        for node in 1 2; do
+            free_port
+            RUST_LOG=warn taskset -c 0 "$bin/mioserver" "127.0.0.1:$port" --rate-limit 0 \
+                --redis "redis://127.0.0.1:$redis_port/" 2>"$out/$1-node$node.log" &
+            # The nodes first, Redis last: chatbench reports each pid's
+            # share in this order.
+            pids=($! "${pids[@]}")
+            ports+=("$port")
+            await "$1-node$node" "$!" "$port" || return 1
+        done
+        return 0
+        ;;
     esac
-    server_pid=$!
-    # Wait (at most 5 s) until it accepts connections.
-    for _ in $(seq 50); do
-        if listening && kill -0 "$server_pid" 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    echo "bench.sh: $1 did not start; see $out/$1.log" >&2
-    return 1
+    pids=($!)
+    await "$1" "${pids[0]}" "$port"
 }
 stop_server() {
-    [[ -n $server_pid ]] || return 0
-    kill -TERM "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-    server_pid=
+    local pid
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    pids=()
 }
 trap 'stop_server; rm -rf "$tmp"' EXIT
+# An interrupted run exits through the EXIT trap too, so no server outlives
+# the script.
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# What the cluster asked of Redis since the last CONFIG RESETSTAT, leaving
+# out bench.sh's own INFO and CONFIG: every command Redis ran (those the
+# nodes' Lua scripts run included: INFO commandstats counts them too), the
+# requests the nodes sent (the commands no script runs: EVALSHA and XREAD
+# above all, one per round of messages), and the public messages numbered
+# (the last id given, from the chat's {CHAT}:next_id key, whatever the
+# chat's name).
+redis_counts() { # INFO-FILE: "commands requests messages"
+    local key last=0
+    key=$(redis-cli -p "$redis_port" --scan --pattern '*:next_id' | head -1)
+    [[ -n $key ]] && last=$(redis-cli -p "$redis_port" GET "$key")
+    awk -F'[:=,]' -v last="$last" '
+        /^cmdstat_/ && $1 !~ /^cmdstat_(info|config)/ { commands += $3 }
+        $1 ~ /^cmdstat_(evalsha|eval|xread|script\|.*|hvals|select|client\|.*|ping|hello)$/ { requests += $3 }
+        END { printf "%d %d %d\n", commands, requests, last }' "$1"
+}
 
 run() { # SERVER SCENARIO RUN CHATBENCH-ARGS...
     local server=$1 scenario=$2 name=$1-$2-$3
     shift 3
-    start_server "$server" || return 0
+    start_server "$server" || { stop_server; return 0; }
     echo "  $name" >&2
-    local url=ws://127.0.0.1:$port/ tls=() scrape=http://127.0.0.1:$port/metrics
+    local scheme=ws tls=() scrape=http targets=() p file commands requests messages
     if [[ $server == tls ]]; then
-        url=wss://127.0.0.1:$port/ tls=(--ca-file "$tmp/ca.pem") scrape=https://127.0.0.1:$port/metrics
+        scheme=wss tls=(--ca-file "$tmp/ca.pem") scrape=https
     fi
-    taskset -c 1 "$bin/chatbench" "$scenario" --url "$url" "${tls[@]}" \
-        --server-pid "$server_pid" --json "$@" >"$out/$name.json" ||
+    for p in "${ports[@]}"; do targets+=(--url "$scheme://127.0.0.1:$p/"); done
+    for p in "${pids[@]}"; do targets+=(--server-pid "$p"); done
+    # Each cluster run starts with fresh Redis counts and no message.
+    [[ $server == cluster ]] && redis-cli -p "$redis_port" CONFIG RESETSTAT >/dev/null
+    taskset -c 1 "$bin/chatbench" "$scenario" "${targets[@]}" "${tls[@]}" \
+        --json "$@" >"$out/$name.json" ||
         echo "bench.sh: chatbench $scenario against $server failed" >&2
     # mioserver's own counts: the store's group commits and their latency.
-    case $server in
-    durable | memory | tls)
-        curl -sf --cacert "$tmp/ca.pem" "$scrape" >"$out/$name.metrics" ||
-            echo "bench.sh: cannot scrape $scrape" >&2
-        ;;
-    esac
+    for p in "${ports[@]}"; do
+        case $server in
+        durable | memory | tls) file=$out/$name.metrics ;;
+        cluster) file=$out/$name-$p.metrics ;;
+        *) continue ;;
+        esac
+        curl -sf --cacert "$tmp/ca.pem" "$scrape://127.0.0.1:$p/metrics" >"$file" ||
+            echo "bench.sh: cannot scrape $scrape://127.0.0.1:$p/metrics" >&2
+    done
+    # Redis's counts, added to chatbench's report of the run.
+    if [[ $server == cluster && -s $out/$name.json ]]; then
+        redis-cli -p "$redis_port" INFO commandstats >"$out/$name.redis"
+        read -r commands requests messages < <(redis_counts "$out/$name.redis")
+        jq --argjson c "$commands" --argjson r "$requests" --argjson m "$messages" \
+            '.redis = {commands: $c, requests: $r, messages: $m} |
+             .redis.commands_per_message = (if $m > 0 then $c / $m else null end) |
+             .redis.requests_per_message = (if $m > 0 then $r / $m else null end)' \
+            "$out/$name.json" >"$out/$name.tmp" && mv "$out/$name.tmp" "$out/$name.json"
+    fi
     stop_server
 }
 
@@ -137,9 +219,9 @@ flood=("${load[@]}" --clients "$clients" --senders "$senders" --window 16)
 echo "load before the runs: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 # Each load run lasts its load, start-up and drain; a storm of N joins
 # takes N/500 s when the server announces them (N/1000 s at best).
-echo "running (about $(((runs * 9 + 3) * (duration + warmup + 4) + 4 * (conns / 500 + 4) + storm / 500 + 4)) s)..." >&2
+echo "running (about $(((runs * (9 + 2 * ${#cluster[@]}) + 3) * (duration + warmup + 4) + 4 * (conns / 500 + 4) + storm / 500 + 4)) s)..." >&2
 for i in $(seq "$runs"); do
-    for server in "${servers[@]}"; do
+    for server in "${servers[@]}" "${cluster[@]}"; do
         run "$server" fanout "$i" "${fanout[@]}"
         run "$server" flood "$i" "${flood[@]}"
     done
@@ -182,7 +264,7 @@ echo "durable: --db in $tmp ($fstype) --sync full; fanout and flood: medians of 
 printf '\n%-8s %-7s %12s %10s %9s %9s %8s %9s %10s\n' \
     server scenario deliveries/s "server µs" "p50 µs" "p99 µs" "loss %" "RSS MiB" "bench µs"
 for scenario in fanout flood dm; do
-    for server in "${servers[@]}" tls; do
+    for server in "${servers[@]}" tls "${cluster[@]}"; do
         [[ -s $out/$server-$scenario-1.json ]] || continue
         printf '%-8s %-7s %12s %10s %9s %9s %8s %9s %10s\n' "$server" "$scenario" \
             "$(median "$server" "$scenario" .deliveries_per_sec 0)" \
@@ -197,7 +279,7 @@ done
 
 echo
 echo "each run's server µs per delivery (flood) and p99 µs (fanout):"
-for server in "${servers[@]}" tls; do
+for server in "${servers[@]}" tls "${cluster[@]}"; do
     printf '  %-8s flood %-24s fanout %s\n' "$server" "$(each "$server" flood "$cpu" 3)" "$(each "$server" fanout .latency_us.p99 0)"
 done
 
@@ -227,6 +309,30 @@ printf '%-34s %8s %8s\n' "flood: durable / tokio" "$(ratio "$(flood_of durable)"
 printf '%-34s %8s %8s\n' "flood: :memory: / floor" "$(ratio "$(flood_of memory)" "$(flood_of floor)")" "<= 1.15"
 printf '%-34s %8s %8s\n' "flood: TLS / durable plaintext" "$(ratio "$(flood_of tls)" "$(flood_of durable)")" "<= 2"
 printf '%-34s %8s %8s\n' "fanout p99: durable / tokio" "$(ratio "$(p99_of durable)" "$(p99_of tokio)")" "<= 2"
+
+# The cluster beside the single durable server (issue #11).
+if ((${#cluster[@]})); then
+    echo
+    echo "cluster: 2 mioserver nodes (--redis) and redis-server (--appendonly yes --appendfsync everysec), all on CPU 0;"
+    echo "chatbench's clients alternate between the nodes; server µs is the sum over the three processes"
+    row() { printf '%-46s %9s %9s %7s %7s\n' "$@"; }
+    row "" cluster durable ratio goal
+    row "fanout loss %" "$(median cluster fanout '.loss.ratio * 100' 3)" "$(median durable fanout '.loss.ratio * 100' 3)" "" 0
+    row "fanout p99 µs" "$(p99_of cluster)" "$(p99_of durable)" "$(ratio "$(p99_of cluster)" "$(p99_of durable)")" "<= 3"
+    row "flood server µs/delivery" "$(flood_of cluster)" "$(flood_of durable)" "$(ratio "$(flood_of cluster)" "$(flood_of durable)")" "<= 1.5"
+    # The goal is flood's, where rounds carry many messages; fanout's
+    # paced messages mostly come one per round.
+    for scenario in flood fanout; do
+        goal="<= 0.1"
+        [[ $scenario == fanout ]] && goal=""
+        row "Redis requests per public message ($scenario)" "$(median cluster "$scenario" .redis.requests_per_message 4)" "" "" "$goal"
+        row "  commands, those of scripts too ($scenario)" "$(median cluster "$scenario" .redis.commands_per_message 4)" "" "" ""
+    done
+    echo "cluster flood, µs/delivery by process (medians): node 1 $(median cluster flood '.servers[0].cpu_us_per_delivery' 3)," \
+        "node 2 $(median cluster flood '.servers[1].cpu_us_per_delivery' 3), redis-server $(median cluster flood '.servers[2].cpu_us_per_delivery' 3)"
+    calls() { jq -r '"\(.redis.requests)/\(.redis.commands)/\(.redis.messages)"' "$out/cluster-$1"-*.json | xargs; }
+    echo "each cluster run's Redis requests/commands/public messages: flood $(calls flood), fanout $(calls fanout)"
+fi
 
 # The store's group commits, from mioserver's GET /metrics at the end of
 # each run (warm-up included): one fsync per commit with --sync full.

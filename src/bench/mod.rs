@@ -31,10 +31,10 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 pub use report::Report;
-use report::{Latency, Loss, ProcSample, Tally, Usage};
+use report::{Latency, Loss, ProcSample, Servers, Tally, Usage};
 use tls::TlsClient;
 use wire::Target;
-use worker::{Plan, Shared, Worker};
+use worker::{Node, Plan, Shared, Worker};
 
 /// The longest a run may be told to last, in seconds: one hour bounds a
 /// mistyped duration without limiting any real use.
@@ -78,8 +78,12 @@ pub struct Params {
     #[arg(value_enum)]
     pub scenario: Scenario,
     /// The server, on a loopback address: ws://, or wss:// with --ca-file.
+    /// Give it once per node to spread the clients over a cluster: client
+    /// i connects to the (i mod N)th URL, so senders and receivers spread
+    /// evenly.
     #[arg(long, default_value = "ws://127.0.0.1:8765/")]
-    pub url: String,
+    #[serde(serialize_with = "one_or_many")]
+    pub url: Vec<String>,
     /// wss://: the PEM certificate of the authority that signed the
     /// server's (the server is verified against it alone, by its IP
     /// address).
@@ -123,20 +127,34 @@ pub struct Params {
     /// ephemeral ports do not run out.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u8).range(1..=254))]
     pub source_addrs: u8,
-    /// The server's process id, to report its CPU time and memory.
+    /// The server's process id, to report its CPU time and memory. Give
+    /// it once per process (the nodes of a cluster, and Redis) to report
+    /// their sum, and each one's share.
     #[arg(long)]
-    pub server_pid: Option<u32>,
+    #[serde(serialize_with = "one_or_many")]
+    pub server_pid: Vec<u32>,
     /// Print one JSON object instead of the summary.
     #[arg(long)]
     pub json: bool,
 }
 
 impl Params {
-    /// Checks the settings against each other; returns the target.
-    pub fn check(&self) -> Result<Target, String> {
-        let target = Target::parse(&self.url)?;
-        if target.tls != self.ca_file.is_some() {
-            return Err("--ca-file goes with a wss:// URL, and a wss:// URL needs it".to_owned());
+    /// Checks the settings against each other; returns the targets, in
+    /// the order of the `--url`s.
+    pub fn check(&self) -> Result<Vec<Target>, String> {
+        let targets = self
+            .url
+            .iter()
+            .map(|url| Target::parse(url))
+            .collect::<Result<Vec<_>, _>>()?;
+        if targets.is_empty() {
+            return Err("--url is needed".to_owned());
+        }
+        if targets
+            .iter()
+            .any(|target| target.tls != self.ca_file.is_some())
+        {
+            return Err("--ca-file goes with wss:// URLs, and a wss:// URL needs it".to_owned());
         }
         let seconds = [
             ("--duration", self.duration),
@@ -173,7 +191,7 @@ impl Params {
                 Err("--rate must be positive".to_owned())
             }
             Scenario::Flood if self.window == 0 => Err("--window must be at least 1".to_owned()),
-            _ => Ok(target),
+            _ => Ok(targets),
         }
     }
 
@@ -188,6 +206,25 @@ impl Params {
     }
 }
 
+/// The index of the `--url` that client `client` connects to: the URLs
+/// take turns, so with N of them every node gets every Nth client, and
+/// the senders (the clients with the lowest indexes) spread as evenly as
+/// the receivers.
+pub fn node_of(client: usize, nodes: usize) -> usize {
+    client % nodes
+}
+
+/// Serializes a repeatable flag as it was before it could repeat: nothing
+/// as `null`, one value as that value, several as a list. A report of a
+/// run against one server reads exactly as it always did.
+fn one_or_many<T: Serialize, S: serde::Serializer>(values: &[T], s: S) -> Result<S::Ok, S::Error> {
+    match values {
+        [] => s.serialize_none(),
+        [one] => one.serialize(s),
+        many => many.serialize(s),
+    }
+}
+
 /// Whether a rate is a usable divisor: above zero and finite.
 fn positive(rate: f64) -> bool {
     rate > 0.0 && rate.is_finite()
@@ -195,20 +232,29 @@ fn positive(rate: f64) -> bool {
 
 /// Runs one benchmark; an error means it could not run at all.
 pub fn run(params: Params) -> Result<Report, String> {
-    let target = params.check()?;
-    let tls = match &params.ca_file {
-        Some(ca_file) => Some(TlsClient::new(ca_file, target.addr.ip())?),
-        None => None,
-    };
+    let nodes = params
+        .check()?
+        .into_iter()
+        .map(|target| {
+            let tls = match &params.ca_file {
+                Some(ca_file) => Some(TlsClient::new(ca_file, target.addr.ip())?),
+                None => None,
+            };
+            Ok(Node { target, tls })
+        })
+        .collect::<Result<Arc<[Node]>, String>>()?;
+    let tls = params.ca_file.is_some();
     raise_open_files_limit();
     let params = Arc::new(params);
     let shared = Arc::new(Shared::new());
     let progress = std::io::stderr().is_terminal();
+    // Every server process, sampled one after the other at each edge.
     let server_sample = || {
         params
             .server_pid
-            .map(|pid| ProcSample::read(Some(pid)).map_err(|e| format!("server pid {pid}: {e}")))
-            .transpose()
+            .iter()
+            .map(|&pid| ProcSample::read(Some(pid)).map_err(|e| format!("server pid {pid}: {e}")))
+            .collect::<Result<Vec<_>, _>>()
     };
     let server_at_start = server_sample()?;
 
@@ -216,8 +262,7 @@ pub fn run(params: Params) -> Result<Report, String> {
         .map(|first| {
             let worker = Worker::new(
                 params.clone(),
-                target.clone(),
-                tls.clone(),
+                nodes.clone(),
                 shared.clone(),
                 first,
                 params.threads,
@@ -292,6 +337,13 @@ pub fn run(params: Params) -> Result<Report, String> {
         .last_join
         .map_or(0.0, |at| at.duration_since(connect_start).as_secs_f64());
     let measured_seconds = params.duration;
+    let servers = Servers::between(
+        &params.server_pid,
+        &server_at_start,
+        &server_before,
+        &server_after,
+        tally.delivered,
+    );
     Ok(Report {
         clients_joined: joined,
         connect_failures: tally.failures,
@@ -304,15 +356,12 @@ pub fn run(params: Params) -> Result<Report, String> {
         deliveries_per_sec: tally.delivered as f64 / measured_seconds.max(f64::MIN_POSITIVE),
         loss: Loss::new(tally.sent, recipients, tally.delivered),
         latency_us: Latency::of(&tally.latency),
-        server_rss_per_client: server_at_start
-            .zip(server_after)
-            .map(|(start, end)| (end.rss_bytes as f64 - start.rss_bytes as f64) / joined as f64),
-        server: server_before
-            .zip(server_after)
-            .map(|(before, after)| Usage::between(before, after, tally.delivered)),
+        server_rss_per_client: servers.rss_growth.map(|bytes| bytes / joined as f64),
+        server: servers.total,
+        servers: servers.each,
         chatbench: Usage::between(own_before, own_after, tally.delivered),
         // Only for a run that delivered anything (not conns).
-        tls_records_per_delivery: (tls.is_some() && tally.received > 0)
+        tls_records_per_delivery: (tls && tally.received > 0)
             .then(|| tally.tls_records as f64 / tally.received as f64),
         params: Arc::unwrap_or_clone(params),
     })
@@ -444,6 +493,68 @@ mod tests {
         assert!(parse("conns --url wss://127.0.0.1:1/").is_err());
         assert!(parse("conns --ca-file ca.pem").is_err());
         assert!(parse("conns --url wss://127.0.0.1:1/ --ca-file ca.pem").is_ok());
+    }
+
+    #[test]
+    fn repeats_url_and_server_pid() {
+        let one = parse("flood").unwrap();
+        assert_eq!(one.url, ["ws://127.0.0.1:8765/"]);
+        assert!(one.server_pid.is_empty());
+        let two = parse(
+            "flood --url ws://127.0.0.1:9001/ --url ws://127.0.0.2:9002/ \
+             --server-pid 11 --server-pid 12 --server-pid 13",
+        )
+        .unwrap();
+        assert_eq!(two.url, ["ws://127.0.0.1:9001/", "ws://127.0.0.2:9002/"]);
+        assert_eq!(two.server_pid, [11, 12, 13]);
+        let targets = two.check().unwrap();
+        assert_eq!(
+            targets.iter().map(|t| t.addr.port()).collect::<Vec<_>>(),
+            [9001, 9002]
+        );
+        // Each URL is checked: one that is not loopback spoils the lot,
+        // and wss:// cannot be mixed with ws://.
+        assert!(parse("flood --url ws://127.0.0.1:1/ --url ws://10.0.0.1:1/").is_err());
+        assert!(
+            parse("flood --url wss://127.0.0.1:1/ --url ws://127.0.0.1:2/ --ca-file ca.pem")
+                .is_err()
+        );
+        assert!(
+            parse("flood --url wss://127.0.0.1:1/ --url wss://127.0.0.1:2/ --ca-file ca.pem")
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn spreads_clients_and_senders_round_robin() {
+        // Two nodes, 10 senders among 100 clients: 5 senders and 50
+        // clients on each.
+        let per_node = |clients: usize, nodes: usize| {
+            let mut counts = vec![0; nodes];
+            (0..clients).for_each(|id| counts[node_of(id, nodes)] += 1);
+            counts
+        };
+        assert_eq!(per_node(10, 2), [5, 5]);
+        assert_eq!(per_node(100, 2), [50, 50]);
+        assert_eq!(per_node(10, 3), [4, 3, 3]);
+        assert_eq!(per_node(7, 1), [7]);
+    }
+
+    #[test]
+    fn reports_one_url_and_pid_as_before() {
+        let json = |args| serde_json::to_value(parse(args).unwrap()).unwrap();
+        let one = json("flood --server-pid 7");
+        assert_eq!(one["url"], "ws://127.0.0.1:8765/");
+        assert_eq!(one["server_pid"], 7);
+        assert_eq!(json("flood")["server_pid"], serde_json::Value::Null);
+        let two = json(
+            "flood --url ws://127.0.0.1:1/ --url ws://127.0.0.1:2/ --server-pid 7 --server-pid 8",
+        );
+        assert_eq!(
+            two["url"],
+            serde_json::json!(["ws://127.0.0.1:1/", "ws://127.0.0.1:2/"])
+        );
+        assert_eq!(two["server_pid"], serde_json::json!([7, 8]));
     }
 
     #[test]

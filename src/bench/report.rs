@@ -203,6 +203,23 @@ fn parse_proc(stat: &str, status: &str, ticks_per_sec: u64) -> Option<ProcSample
     })
 }
 
+impl ProcSample {
+    /// The sum of several processes' samples, taken at one moment: what
+    /// they cost together (a cluster's nodes and its Redis).
+    pub fn sum(samples: &[ProcSample]) -> ProcSample {
+        samples.iter().fold(
+            ProcSample {
+                cpu: Duration::ZERO,
+                rss_bytes: 0,
+            },
+            |total, one| ProcSample {
+                cpu: total.cpu + one.cpu,
+                rss_bytes: total.rss_bytes + one.rss_bytes,
+            },
+        )
+    }
+}
+
 /// What a process spent during the measured part of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Usage {
@@ -223,6 +240,67 @@ impl Usage {
             cpu_seconds: cpu,
             cpu_us_per_delivery: (deliveries > 0).then(|| cpu * 1e6 / deliveries as f64),
             rss_bytes: after.rss_bytes,
+        }
+    }
+}
+
+/// One server process's share, in a run against several.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct PidUsage {
+    /// The process, as given to `--server-pid`.
+    pub pid: u32,
+    /// What it spent.
+    #[serde(flatten)]
+    pub usage: Usage,
+}
+
+/// The server processes' figures over a run, from their samples at the
+/// start (before the first connect), before and after the measured window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Servers {
+    /// What they spent together; `None` without `--server-pid`.
+    pub total: Option<Usage>,
+    /// Each one's own usage, when there are several (with one, `total` is
+    /// all there is to say).
+    pub each: Vec<PidUsage>,
+    /// How much their resident memory grew in all, from the start to the
+    /// end, in bytes.
+    pub rss_growth: Option<f64>,
+}
+
+impl Servers {
+    /// The figures of processes `pids`, each slice of samples in the order
+    /// of `pids`; `deliveries` were measured between `before` and `after`.
+    pub fn between(
+        pids: &[u32],
+        start: &[ProcSample],
+        before: &[ProcSample],
+        after: &[ProcSample],
+        deliveries: u64,
+    ) -> Servers {
+        if pids.is_empty() {
+            return Servers {
+                total: None,
+                each: Vec::new(),
+                rss_growth: None,
+            };
+        }
+        let each = match pids.len() {
+            1 => Vec::new(),
+            _ => pids
+                .iter()
+                .zip(before.iter().zip(after))
+                .map(|(&pid, (&before, &after))| PidUsage {
+                    pid,
+                    usage: Usage::between(before, after, deliveries),
+                })
+                .collect(),
+        };
+        let after = ProcSample::sum(after);
+        Servers {
+            total: Some(Usage::between(ProcSample::sum(before), after, deliveries)),
+            each,
+            rss_growth: Some(after.rss_bytes as f64 - ProcSample::sum(start).rss_bytes as f64),
         }
     }
 }
@@ -254,10 +332,15 @@ pub struct Report {
     pub loss: Loss,
     /// Latency of measured deliveries from their intended send time.
     pub latency_us: Latency,
-    /// The server's usage, when `--server-pid` was given.
+    /// The server's usage, when `--server-pid` was given; with several,
+    /// their sum.
     pub server: Option<Usage>,
+    /// With several `--server-pid`s, each one's usage (left out with one).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<PidUsage>,
     /// The server's resident memory growth from before the first connect
-    /// to the end, per joined client, in bytes: what a connection costs.
+    /// to the end, per joined client, in bytes: what a connection costs
+    /// (with several `--server-pid`s, their summed memory's growth).
     pub server_rss_per_client: Option<f64>,
     /// chatbench's own usage, to show it was not the bottleneck.
     pub chatbench: Usage,
@@ -274,7 +357,7 @@ impl fmt::Display for Report {
             f,
             "chatbench {} against {}: {} clients joined ({} failed) in {:.2} s, {:.0} joins/s",
             p.scenario,
-            p.url,
+            p.url.join(", "),
             self.clients_joined,
             self.connect_failures,
             self.connect_seconds,
@@ -306,8 +389,15 @@ impl fmt::Display for Report {
                 u.rss_bytes as f64 / (1024.0 * 1024.0)
             )
         };
-        if let Some(server) = &self.server {
-            usage(f, "server", server)?;
+        match (&self.server, self.servers.len()) {
+            (Some(server), 0) => usage(f, "server", server)?,
+            (Some(server), n) => {
+                usage(f, &format!("servers ({n} processes, in all)"), server)?;
+                for each in &self.servers {
+                    usage(f, &format!("  pid {}", each.pid), &each.usage)?;
+                }
+            }
+            (None, _) => {}
         }
         if let Some(records) = self.tls_records_per_delivery {
             writeln!(f, "  TLS records per delivery: {records:.4}")?;
@@ -398,5 +488,48 @@ mod tests {
             1_000_000,
         );
         assert_eq!(usage.cpu_us_per_delivery, Some(2.0));
+    }
+
+    #[test]
+    fn sums_the_server_processes() {
+        let at = |secs, mib: u64| ProcSample {
+            cpu: Duration::from_secs(secs),
+            rss_bytes: mib * 1024 * 1024,
+        };
+        // Two nodes and Redis: 1 + 2 + 3 CPU seconds over 1 000 000
+        // deliveries is 6 µs per delivery in all.
+        let start = [at(0, 10), at(0, 10), at(0, 5)];
+        let before = [at(1, 11), at(1, 11), at(1, 6)];
+        let after = [at(2, 12), at(3, 13), at(4, 7)];
+        let servers = Servers::between(&[1, 2, 3], &start, &before, &after, 1_000_000);
+        let total = servers.total.unwrap();
+        assert_eq!(total.cpu_seconds, 6.0);
+        assert_eq!(total.cpu_us_per_delivery, Some(6.0));
+        assert_eq!(total.rss_bytes, 32 * 1024 * 1024);
+        assert_eq!(servers.rss_growth, Some(7.0 * 1024.0 * 1024.0));
+        let each: Vec<_> = servers
+            .each
+            .iter()
+            .map(|p| (p.pid, p.usage.cpu_us_per_delivery))
+            .collect();
+        assert_eq!(each, [(1, Some(1.0)), (2, Some(2.0)), (3, Some(3.0))]);
+        let json = serde_json::to_value(servers.each[2]).unwrap();
+        assert_eq!(json["pid"], 3);
+        assert_eq!(json["cpu_seconds"], 3.0);
+
+        // One process: its own figures, and no breakdown.
+        let one = Servers::between(&[1], &start[..1], &before[..1], &after[..1], 1_000_000);
+        assert_eq!(one.total.unwrap().cpu_us_per_delivery, Some(1.0));
+        assert!(one.each.is_empty());
+        assert_eq!(one.rss_growth, Some(2.0 * 1024.0 * 1024.0));
+        // None: nothing to report.
+        assert_eq!(
+            Servers::between(&[], &[], &[], &[], 5),
+            Servers {
+                total: None,
+                each: Vec::new(),
+                rss_growth: None
+            }
+        );
     }
 }

@@ -27,7 +27,7 @@ use super::frame::{self, Frame};
 use super::report::Tally;
 use super::tls::{Session, TlsClient};
 use super::wire::{self, Event, Target};
-use super::{Params, Scenario};
+use super::{node_of, Params, Scenario};
 
 /// The timer's token; connections use their index, which never gets here.
 const TIMER: Token = Token(usize::MAX);
@@ -54,7 +54,9 @@ const MAX_FRAME: usize = 16 * 1024 * 1024;
 
 /// What the coordinator and the client threads share.
 pub struct Shared {
-    /// The zero of every timestamp written into a text.
+    /// The zero of every timestamp written into a text. Every client of
+    /// the run reads this one clock, so a receiver on another node than
+    /// the sender measures the latency exactly as one on the same node.
     pub epoch: Instant,
     /// Clients that joined so far.
     pub joined: AtomicU64,
@@ -83,6 +85,15 @@ impl Shared {
             stop: AtomicBool::new(false),
         }
     }
+}
+
+/// One server to connect to: a node of a cluster, or the only server.
+pub struct Node {
+    /// Where it listens.
+    pub target: Target,
+    /// wss://: the settings each connection's TLS session starts from
+    /// (they name this node's address).
+    pub tls: Option<TlsClient>,
 }
 
 /// When load starts, when measuring starts and when sending stops.
@@ -263,10 +274,9 @@ struct Ctx {
     poll: Poll,
     /// The run's settings.
     params: Arc<Params>,
-    /// The server.
-    target: Target,
-    /// wss://: the settings each connection's TLS session starts from.
-    tls: Option<TlsClient>,
+    /// The servers, in the order of the `--url`s; client `id` connects to
+    /// `nodes[node_of(id, nodes.len())]`.
+    nodes: Arc<[Node]>,
     /// Counters and flags shared with the coordinator.
     shared: Arc<Shared>,
     /// The client indexes this thread owns: `first`, `first + step`, ...
@@ -305,8 +315,7 @@ impl Worker {
     /// `params.clients`.
     pub fn new(
         params: Arc<Params>,
-        target: Target,
-        tls: Option<TlsClient>,
+        nodes: Arc<[Node]>,
         shared: Arc<Shared>,
         first: usize,
         step: usize,
@@ -324,8 +333,7 @@ impl Worker {
             ctx: Ctx {
                 poll,
                 params,
-                target,
-                tls,
+                nodes,
                 shared,
                 first,
                 step,
@@ -425,9 +433,10 @@ impl Worker {
             0,
             1 + (id % usize::from(ctx.params.source_addrs)) as u8,
         );
-        let session = ctx.tls.as_ref().map(TlsClient::session).transpose();
+        let node = ctx.node(id);
+        let session = node.tls.as_ref().map(TlsClient::session).transpose();
         let registered = session.and_then(|session| {
-            let mut stream = connect(source, ctx.target.addr)?;
+            let mut stream = connect(source, node.target.addr)?;
             stream.set_nodelay(true)?;
             let token = Token(self.conns.len());
             ctx.poll.registry().register(
@@ -556,8 +565,8 @@ impl Ctx {
                 Err(err) => return Err(format!("connect: {err}")),
             }
             let key = generate_key();
-            conn.outbuf
-                .extend_from_slice(self.target.upgrade_request(&key).as_bytes());
+            let request = self.node(conn.id).target.upgrade_request(&key);
+            conn.outbuf.extend_from_slice(request.as_bytes());
             conn.state = State::Upgrading {
                 accept: derive_accept_key(key.as_bytes()),
             };
@@ -730,6 +739,11 @@ impl Ctx {
         let mask = self.mask();
         conn.send(frame::OP_TEXT, &self.request, mask)
             .map_err(|e| format!("write: {e}"))
+    }
+
+    /// The server client `id` connects to.
+    fn node(&self, id: usize) -> &Node {
+        &self.nodes[node_of(id, self.nodes.len())]
     }
 
     /// The time now, read once per `read` and shared by its frames.
