@@ -89,12 +89,6 @@ pub enum NodeEvent {
         /// Whether this follows an earlier snapshot that no longer holds.
         reset: bool,
     },
-    /// The command connection came up or went down (for the log and
-    /// `/healthz`).
-    Link {
-        /// Whether it is up now.
-        up: bool,
-    },
     /// What the streams delivered, in order.
     Streamed(Vec<Delivery>),
     /// The answer to a request made for a connection.
@@ -215,6 +209,9 @@ pub struct Node {
     keep: usize,
     /// What to tell the chat next.
     events: VecDeque<NodeEvent>,
+    /// Since when the command connection has been down (`None` while it
+    /// is up, or before its first attempt): the log says so once.
+    down_since: Option<Instant>,
     /// Names whose release could not be sent or was lost: sent again once
     /// the command connection is back (a release is harmless twice).
     unreleased: Vec<String>,
@@ -264,6 +261,7 @@ impl Node {
             next_reap: now + REAP_EVERY,
             keep,
             events: VecDeque::new(),
+            down_since: None,
             unreleased: Vec::new(),
         }
     }
@@ -421,10 +419,10 @@ impl Node {
                 if self.cmd.push(tag, &command, now).is_ok() {
                     self.pending.insert(tag, Pending::Publish(round));
                 } else {
-                    self.refuse_all(round, &ReplyError("not connected".into()));
+                    self.refuse_all(round, None);
                 }
             } else {
-                self.refuse_all(round, &ReplyError("not connected".into()));
+                self.refuse_all(round, None);
             }
         }
         if let Some(registry) = &self.registry {
@@ -455,21 +453,31 @@ impl Node {
                 self.read(now);
             }
             Event::Up => {
-                log::info!("redis: connected");
+                match self.down_since.take() {
+                    Some(since) => log::info!(
+                        "redis: connected again after {:.1} s",
+                        now.duration_since(since).as_secs_f64()
+                    ),
+                    None => log::info!("redis: connected"),
+                }
                 self.take_snapshot(now);
                 for name in std::mem::take(&mut self.unreleased) {
                     self.release(&name, now);
                 }
             }
-            Event::Down { reason } => {
-                let which = if on_reader { "reader" } else { "commands" };
-                log::warn!("redis ({which}): {reason}");
-                if on_reader {
-                    self.reading = false;
-                } else {
-                    self.events.push_back(NodeEvent::Link { up: false });
-                }
+            // Logged once per outage: the link retries with backoff, and a
+            // line per attempt would bury the log.
+            Event::Down { reason } if on_reader => {
+                self.reading = false;
+                log::debug!("redis (reader): {reason}");
             }
+            Event::Down { reason } if self.down_since.is_none() => {
+                self.down_since = Some(now);
+                log::warn!(
+                    "redis: {reason}; requests that need it are answered unavailable until it is back"
+                );
+            }
+            Event::Down { reason } => log::debug!("redis: still unreachable: {reason}"),
             Event::Reply { tag, frame } => {
                 if let Some(pending) = self.pending.remove(&tag) {
                     self.reply(pending, frame, now);
@@ -570,7 +578,8 @@ impl Node {
             Pending::Read => self.reading = false,
             Pending::Release(name) => self.unreleased.push(name),
             Pending::Publish(round) => {
-                self.refuse_all(round, &ReplyError("the connection was lost".into()));
+                // The outage itself is logged once, by `handle`.
+                self.refuse_all(round, None);
             }
             Pending::Claim(conn, name) | Pending::Rename(conn, name) => {
                 self.unreleased.push(name);
@@ -632,9 +641,9 @@ impl Node {
             Ok(outcomes) if outcomes.len() == round.messages.len() => outcomes,
             Ok(_) => {
                 let err = ReplyError("a publish reply of the wrong length".into());
-                return self.refuse_all(round, &err);
+                return self.refuse_all(round, Some(&err));
             }
-            Err(err) => return self.refuse_all(round, &err),
+            Err(err) => return self.refuse_all(round, Some(&err)),
         };
         let messages = round.senders.into_iter().zip(round.messages);
         for ((sender, message), outcome) in messages.zip(outcomes) {
@@ -648,8 +657,12 @@ impl Node {
     }
 
     /// Tells every sender of a round that it could not be published.
-    fn refuse_all(&mut self, round: Round, err: &ReplyError) {
-        log::warn!("redis: a round of messages was not published: {err}");
+    /// `err` is a reply that made no sense, worth a log line; `None` when
+    /// Redis could not be reached, which the log has said already.
+    fn refuse_all(&mut self, round: Round, err: Option<&ReplyError>) {
+        if let Some(err) = err {
+            log::error!("redis: a round of messages was not published: {err}");
+        }
         for (sender, message) in round.senders.into_iter().zip(round.messages) {
             self.unavailable(sender, message.cid.and_then(Cid::new));
         }

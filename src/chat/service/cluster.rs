@@ -152,9 +152,6 @@ impl Chat {
             };
             match event {
                 NodeEvent::Ready { snapshot, reset } => self.ready(snapshot, reset, out),
-                NodeEvent::Link { up } => {
-                    log::info!("redis link {}", if up { "up" } else { "down" });
-                }
                 NodeEvent::Streamed(deliveries) => {
                     for delivery in deliveries {
                         self.streamed(delivery);
