@@ -441,3 +441,53 @@ fn a_node_cut_off_from_redis_is_declared_dead_and_its_users_rejoin_without_loss(
         assert_eq!(seen, posted);
     }
 }
+
+#[test]
+fn a_redis_that_lost_its_data_starts_a_new_epoch_and_every_user_rejoins() {
+    let Some((redis, nodes)) = cluster(2) else {
+        return;
+    };
+    let (mut ann, welcome) = join(nodes[0].addr, "Ann");
+    let old_epoch = welcome["epoch"].clone();
+    let (mut bob, _) = join(nodes[1].addr, "Bob");
+    until(&mut ann, joined("Bob"));
+    ann.say("before the loss");
+    let said = until(&mut bob, |m| m["type"] == "message").1;
+    until(&mut ann, |m| m["type"] == "message");
+
+    // Everything is gone at once, as when Redis restarts without its
+    // append-only file.
+    let mut raw = std::net::TcpStream::connect(redis.addr).unwrap();
+    std::io::Write::write_all(&mut raw, b"FLUSHALL\r\n").unwrap();
+    let mut reply = [0; 5];
+    std::io::Read::read_exact(&mut raw, &mut reply).unwrap();
+    assert_eq!(&reply, b"+OK\r\n");
+
+    // Each node notices at its next liveness refresh (every 3 s) and
+    // closes its connections: their users must join the new chat.
+    for client in [&mut ann, &mut bob] {
+        loop {
+            match client.recv_frame_within(Duration::from_secs(15)) {
+                tungstenite::Message::Close(Some(frame)) => {
+                    assert_eq!(u16::from(frame.code), 1001);
+                    break;
+                }
+                tungstenite::Message::Text(text) => {
+                    let message: Value = serde_json::from_str(&text).unwrap();
+                    assert_ne!(message["type"], "message", "{message}");
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut ann = Client::connect(nodes[1].addr);
+    let since = said["id"].clone();
+    ann.send(json!({"type": "join", "name": "Ann", "since": since, "epoch": old_epoch}));
+    let welcome = expect(&mut ann, "welcome");
+    assert_ne!(welcome["epoch"], old_epoch, "a new epoch");
+    assert_eq!(welcome["recovered"], false);
+    assert_eq!(welcome["history"], json!([]));
+    ann.say("after");
+    let first = until(&mut ann, |m| m["type"] == "message").1;
+    assert_eq!(first["id"], 1, "ids start again in the new epoch: {first}");
+}
