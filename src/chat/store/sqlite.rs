@@ -29,9 +29,9 @@
 //! Version 1 (the first release) kept the rows themselves in `messages`, a
 //! `WITHOUT ROWID` table keyed by `(room, id)` with `ts` as RFC 3339 text:
 //! every insert compared the room's text on its way down the B-tree and
-//! formatted a timestamp. Version 2 stores a message with about a third
-//! less of the store thread's CPU (`examples/store_cost.rs`; the figures
-//! are in `docs/performance.md`).
+//! formatted a timestamp. Version 2 stores a message with a fifth to a
+//! third less of the store thread's CPU (`examples/store_cost.rs`; the
+//! figures are in `docs/performance.md`).
 
 use std::path::Path;
 use std::sync::Arc;
