@@ -6,21 +6,37 @@
 //! field, and a `schema_version` table that lets a later release migrate
 //! it. A file that is not a SQLite database, a SQLite database of another
 //! program, or a schema newer than this program's is refused before
-//! anything is written to it.
+//! anything is written to it; an older schema is migrated at start-up, in
+//! one transaction (see [`migrate`]).
 //!
-//! Tables (the `room` column lets rooms come later without a migration):
+//! Schema version 2 (the `room` column lets rooms come later without a
+//! migration):
 //!
-//! - `messages(room, id, ts, sender, text, cid)`: one row per public
-//!   message, `ts` as on the wire; the key is `(room, id)` and `(room,
-//!   cid)` is unique where a `cid` was given.
+//! - `history(id, room, ts, sender, text, cid)`: one row per public
+//!   message. `id INTEGER PRIMARY KEY` is the row's own key (ids are one
+//!   sequence across rooms), so a new message is an append at the right
+//!   edge of the table's B-tree; `ts` is milliseconds since 1970 (UTC), an
+//!   integer, which is all the wire's timestamp holds. `(room, cid)` is
+//!   unique where a `cid` was given (a partial index: messages without a
+//!   `cid` cost it nothing).
+//! - `messages`: a view of `history` for people, with the columns of
+//!   version 1 (`room, id, ts, sender, text, cid`) and `ts` as on the wire
+//!   (`2025-06-15T12:34:56.789Z`): what `select * from messages` shows.
 //! - `meta(key, value)`: `epoch` (names the history) and
 //!   `reserved_through` (ids up to it may have been handed out).
 //! - `schema_version(version)`: one row.
+//!
+//! Version 1 (the first release) kept the rows themselves in `messages`, a
+//! `WITHOUT ROWID` table keyed by `(room, id)` with `ts` as RFC 3339 text:
+//! every insert compared the room's text on its way down the B-tree and
+//! formatted a timestamp. Version 2 stores a message with a fifth to a
+//! third less of the store thread's CPU (`examples/store_cost.rs`; the
+//! figures are in `docs/performance.md`).
 
 use std::path::Path;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use crate::chat::store::{new_epoch, Commit, Duplicate, Store, StoreError, Summary, SyncMode};
@@ -31,22 +47,39 @@ use crate::proto::protocol::{ChatMessage, Cid, Timestamp};
 const APPLICATION_ID: i32 = 0x6d69_6f63;
 
 /// The schema this program writes and reads.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
-/// The schema of a new file, created in one transaction.
-const SCHEMA: &str = "
-    CREATE TABLE schema_version (version INTEGER NOT NULL);
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    CREATE TABLE messages (
+/// The table of messages, as version 2 has it. Created empty, filled,
+/// then indexed (see [`INDEXES_AND_VIEW`]): a migration copies the rows
+/// before the index exists, which builds it in one sorted pass.
+const HISTORY_TABLE: &str = "
+    CREATE TABLE history (
+        id INTEGER PRIMARY KEY,
         room TEXT NOT NULL,
-        id INTEGER NOT NULL,
-        ts TEXT NOT NULL,
+        ts INTEGER NOT NULL,
         sender TEXT NOT NULL,
         text TEXT NOT NULL,
-        cid TEXT,
-        PRIMARY KEY (room, id)
-    ) WITHOUT ROWID;
-    CREATE UNIQUE INDEX messages_by_cid ON messages (room, cid) WHERE cid IS NOT NULL;
+        cid TEXT
+    );
+";
+
+/// The `cid` index and the `messages` view for people (module docs). The
+/// view formats `ts` with integer arithmetic, so the milliseconds are
+/// exact (a division by 1000.0 would go through a double).
+const INDEXES_AND_VIEW: &str = "
+    CREATE UNIQUE INDEX history_by_cid ON history (room, cid) WHERE cid IS NOT NULL;
+    CREATE VIEW messages AS
+        SELECT room, id,
+            strftime('%Y-%m-%dT%H:%M:%S', ts / 1000, 'unixepoch')
+                || printf('.%03dZ', ts % 1000) AS ts,
+            sender, text, cid
+        FROM history;
+";
+
+/// The rest of a new file's schema.
+const META_TABLES: &str = "
+    CREATE TABLE schema_version (version INTEGER NOT NULL);
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 ";
 
 /// The columns every query reads, in the order [`from_row`] expects.
@@ -74,14 +107,11 @@ fn from_sql(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
-/// One `messages` row (per [`COLUMNS`]) as a message.
+/// One `history` row (per [`COLUMNS`]) as a message.
 fn from_row(row: &Row<'_>) -> rusqlite::Result<Arc<ChatMessage>> {
-    let ts: String = row.get(1)?;
-    let ts = DateTime::parse_from_rfc3339(&ts)
-        .map_err(|err| {
-            rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, err.into())
-        })?
-        .with_timezone(&Utc);
+    let millis: i64 = row.get(1)?;
+    let ts = DateTime::from_timestamp_millis(millis)
+        .ok_or_else(|| rusqlite::Error::IntegralValueOutOfRange(1, millis))?;
     let cid: Option<String> = row.get(4)?;
     Ok(Arc::new(ChatMessage {
         id: from_sql(row.get(0)?),
@@ -92,11 +122,51 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Arc<ChatMessage>> {
     }))
 }
 
+/// Brings a version-1 file to [`SCHEMA_VERSION`], in one transaction: a
+/// crash or an error on the way leaves it as it was (version 1, which the
+/// next start migrates again). The rows are copied into `history` in id
+/// order, each `ts` parsed as version 1 wrote it (RFC 3339) into
+/// milliseconds; a `ts` that does not parse stops the migration.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(HISTORY_TABLE)?;
+    {
+        let mut old =
+            tx.prepare("SELECT room, id, ts, sender, text, cid FROM messages ORDER BY id")?;
+        let mut insert = tx.prepare(
+            "INSERT INTO history (id, room, ts, sender, text, cid) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        let mut rows = old.query([])?;
+        while let Some(row) = rows.next()? {
+            let id: i64 = row.get(1)?;
+            let ts: String = row.get(2)?;
+            let ts = DateTime::parse_from_rfc3339(&ts).map_err(|err| StoreError::NotMiochat {
+                path: path.to_owned(),
+                reason: format!("message {id} has the timestamp {ts:?} ({err})"),
+            })?;
+            insert.execute(params![
+                id,
+                row.get::<_, String>(0)?,
+                ts.timestamp_millis(),
+                row.get::<_, String>(3)?,
+                row.get::<_, String>(4)?,
+                row.get::<_, Option<String>>(5)?,
+            ])?;
+        }
+    }
+    tx.execute_batch(&format!(
+        "DROP TABLE messages; {INDEXES_AND_VIEW}
+         UPDATE schema_version SET version = {SCHEMA_VERSION};"
+    ))?;
+    tx.commit()?;
+    Ok(())
+}
+
 impl SqliteStore {
     /// Opens `path`, creating a new database (and a new epoch) when the
     /// file is missing or empty. See the module docs for what is refused.
     pub fn open(path: &Path, sync: SyncMode) -> Result<Self, StoreError> {
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         let not_ours = |reason: &str| StoreError::NotMiochat {
             path: path.to_owned(),
             reason: reason.to_owned(),
@@ -122,8 +192,9 @@ impl SqliteStore {
                 row.get(0)
             })
             .map_err(|_| not_ours("no schema_version table"))?;
-        match version {
-            Some(SCHEMA_VERSION) => {}
+        let migrating = match version {
+            Some(SCHEMA_VERSION) => false,
+            Some(1) => true,
             Some(found) if found > SCHEMA_VERSION => {
                 return Err(StoreError::NewerSchema {
                     path: path.to_owned(),
@@ -132,13 +203,20 @@ impl SqliteStore {
                 })
             }
             _ => return Err(not_ours("an unknown schema version")),
-        }
+        };
         conn.pragma_update(None, "journal_mode", "WAL")?;
         let synchronous = match sync {
             SyncMode::Full => "FULL",
             SyncMode::Normal => "NORMAL",
         };
         conn.pragma_update(None, "synchronous", synchronous)?;
+        if migrating {
+            migrate(&mut conn, path)?;
+            log::info!(
+                "{}: schema version 1 migrated to {SCHEMA_VERSION}",
+                path.display()
+            );
+        }
         let meta = |key: &str| -> Result<Option<String>, StoreError> {
             Ok(conn
                 .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
@@ -161,7 +239,7 @@ impl SqliteStore {
     fn create(conn: &Connection) -> Result<(), StoreError> {
         conn.pragma_update(None, "application_id", APPLICATION_ID)?;
         conn.execute_batch(&format!(
-            "BEGIN; {SCHEMA}
+            "BEGIN; {META_TABLES} {HISTORY_TABLE} {INDEXES_AND_VIEW}
              INSERT INTO schema_version (version) VALUES ({SCHEMA_VERSION});
              INSERT INTO meta (key, value) VALUES ('epoch', '{}'), ('reserved_through', '0');
              COMMIT;",
@@ -182,20 +260,20 @@ impl SqliteStore {
         let mut reserve = self.reserved;
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO messages (room, id, ts, sender, text, cid)
+                "INSERT INTO history (id, room, ts, sender, text, cid)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
             )?;
             let mut by_cid = tx.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM messages WHERE room = ?1 AND cid = ?2"
+                "SELECT {COLUMNS} FROM history WHERE room = ?1 AND cid = ?2"
             ))?;
             for commit in commits {
                 let mut found = Vec::new();
                 for message in &commit.messages {
                     let cid = message.cid.as_ref().map(Cid::as_str);
                     let inserted = insert.execute(params![
-                        &*commit.room,
                         to_sql(message.id),
-                        message.ts.to_string(),
+                        &*commit.room,
+                        message.ts.0.timestamp_millis(),
                         message.from,
                         message.text,
                         cid,
@@ -267,7 +345,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Arc<ChatMessage>>, StoreError> {
         self.select(
             &format!(
-                "SELECT {COLUMNS} FROM messages WHERE room = ?1 AND id > ?2 AND id < ?3
+                "SELECT {COLUMNS} FROM history WHERE room = ?1 AND id > ?2 AND id < ?3
                  ORDER BY id LIMIT ?4"
             ),
             params![room, to_sql(since), to_sql(below), to_sql(limit as u64)],
@@ -282,7 +360,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Arc<ChatMessage>>, StoreError> {
         let mut page = self.select(
             &format!(
-                "SELECT {COLUMNS} FROM messages WHERE room = ?1 AND id < ?2
+                "SELECT {COLUMNS} FROM history WHERE room = ?1 AND id < ?2
                  ORDER BY id DESC LIMIT ?3"
             ),
             params![room, to_sql(before), to_sql(limit as u64)],
@@ -293,7 +371,7 @@ impl Store for SqliteStore {
 
     fn summary(&mut self, room: &str) -> Result<Summary, StoreError> {
         let (messages, last_id): (i64, Option<i64>) = self.conn.query_row(
-            "SELECT count(*), max(id) FROM messages WHERE room = ?1",
+            "SELECT count(*), max(id) FROM history WHERE room = ?1",
             [room],
             |row| Ok((row.get(0)?, row.get(1)?)),
         )?;
@@ -369,7 +447,10 @@ mod tests {
         let (_dir, path, store) = fresh();
         store
             .conn
-            .execute("UPDATE schema_version SET version = 2", [])
+            .execute(
+                "UPDATE schema_version SET version = ?1",
+                [SCHEMA_VERSION + 1],
+            )
             .unwrap();
         drop(store);
         let before = std::fs::read(&path).unwrap();
@@ -378,15 +459,169 @@ mod tests {
             matches!(
                 err,
                 StoreError::NewerSchema {
-                    found: 2,
-                    known: 1,
+                    found,
+                    known: SCHEMA_VERSION,
                     ..
-                }
+                } if found == SCHEMA_VERSION + 1
             ),
             "{err}"
         );
         assert!(err.to_string().contains("newer miochat"), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+
+    /// The schema of the first release (version 1), as it created files.
+    const SCHEMA_V1: &str = "
+        CREATE TABLE schema_version (version INTEGER NOT NULL);
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE messages (
+            room TEXT NOT NULL,
+            id INTEGER NOT NULL,
+            ts TEXT NOT NULL,
+            sender TEXT NOT NULL,
+            text TEXT NOT NULL,
+            cid TEXT,
+            PRIMARY KEY (room, id)
+        ) WITHOUT ROWID;
+        CREATE UNIQUE INDEX messages_by_cid ON messages (room, cid) WHERE cid IS NOT NULL;
+    ";
+
+    /// Every row of `messages` as text, as `select * from messages order
+    /// by id` shows it: the same under version 1 (a table) and 2 (a view).
+    fn shown(conn: &Connection) -> Vec<[Option<String>; 6]> {
+        let mut statement = conn
+            .prepare("SELECT room, id, ts, sender, text, cid FROM messages ORDER BY id")
+            .unwrap();
+        let rows = statement.query_map([], |row| {
+            let text = |i| -> rusqlite::Result<Option<String>> {
+                Ok(match row.get_ref(i)? {
+                    rusqlite::types::ValueRef::Null => None,
+                    rusqlite::types::ValueRef::Integer(n) => Some(n.to_string()),
+                    value => Some(value.as_str()?.to_owned()),
+                })
+            };
+            Ok([text(0)?, text(1)?, text(2)?, text(3)?, text(4)?, text(5)?])
+        });
+        rows.unwrap().collect::<Result<_, _>>().unwrap()
+    }
+
+    /// A version-1 file holding `messages` (main room) and one message of
+    /// another room, written as the first release wrote them.
+    fn version_1_file(path: &Path, messages: &[Arc<ChatMessage>], ts_of_9: &str) {
+        let conn = Connection::open(path).unwrap();
+        conn.pragma_update(None, "application_id", APPLICATION_ID)
+            .unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch(&format!(
+            "BEGIN; {SCHEMA_V1}
+             INSERT INTO schema_version (version) VALUES (1);
+             INSERT INTO meta (key, value) VALUES ('epoch', 'old-epoch'),
+                 ('reserved_through', '{RESERVE_BLOCK}');
+             COMMIT;"
+        ))
+        .unwrap();
+        let mut insert = conn
+            .prepare("INSERT INTO messages (room, id, ts, sender, text, cid) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
+            .unwrap();
+        for message in messages {
+            insert
+                .execute(params![
+                    MAIN_ROOM,
+                    to_sql(message.id),
+                    message.ts.to_string(),
+                    message.from,
+                    message.text,
+                    message.cid.as_ref().map(Cid::as_str),
+                ])
+                .unwrap();
+        }
+        insert
+            .execute(params![
+                "elsewhere",
+                9,
+                ts_of_9,
+                "bob",
+                "other room",
+                None::<&str>
+            ])
+            .unwrap();
+    }
+
+    #[test]
+    fn a_version_1_file_is_migrated_with_every_row_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        let messages = [
+            message(1, "first", None),
+            message(2, "with a cid 😀", Some("c-2")),
+            message(5, "quote ' and \"", Some("c-5")),
+            message(8, "", None),
+        ];
+        version_1_file(&path, &messages, "2025-06-15T12:34:56.007Z");
+        let v1_rows = shown(&Connection::open(&path).unwrap());
+
+        let mut store = SqliteStore::open(&path, SyncMode::Full).unwrap();
+        assert_eq!(store.epoch(), "old-epoch");
+        assert_eq!(store.reserved_through(), RESERVE_BLOCK);
+        assert_eq!(
+            store.before(MAIN_ROOM, u64::MAX, 10).unwrap(),
+            messages.to_vec()
+        );
+        let other = store.after("elsewhere", 0, u64::MAX, 10).unwrap();
+        assert_eq!(other.len(), 1);
+        assert_eq!(other[0].ts.to_string(), "2025-06-15T12:34:56.007Z");
+        assert_eq!((other[0].id, &*other[0].from), (9, "bob"));
+        // People see what they saw before, through the view.
+        assert_eq!(shown(&store.conn), v1_rows);
+        let version: i64 = store
+            .conn
+            .query_row("SELECT version FROM schema_version", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        // The cids are still known.
+        let resent = commit(vec![message(RESERVE_BLOCK + 1, "again", Some("c-5"))], 0);
+        assert_eq!(
+            store.append(&[resent]).unwrap(),
+            [vec![Duplicate {
+                id: RESERVE_BLOCK + 1,
+                stored: Arc::clone(&messages[2])
+            }]]
+        );
+        drop(store);
+        // Opening it again finds version 2: nothing is migrated twice.
+        let mut again = SqliteStore::open(&path, SyncMode::Full).unwrap();
+        assert_eq!(
+            again.before(MAIN_ROOM, u64::MAX, 10).unwrap(),
+            messages.to_vec()
+        );
+    }
+
+    #[test]
+    fn a_migration_that_fails_leaves_the_version_1_file_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        version_1_file(&path, &[message(1, "kept", None)], "not a time");
+        let conn = Connection::open(&path).unwrap();
+        let v1_rows = shown(&conn);
+        drop(conn);
+        let err = SqliteStore::open(&path, SyncMode::Full).unwrap_err();
+        assert!(err.to_string().contains("\"not a time\""), "{err}");
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(shown(&conn), v1_rows);
+        let version: i64 = conn
+            .query_row("SELECT version FROM schema_version", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, 1);
+    }
+
+    #[test]
+    fn people_see_timestamps_as_on_the_wire() {
+        let (_dir, _path, mut store) = fresh();
+        let said = message(3, "hello", None);
+        store.append(&[commit(vec![Arc::clone(&said)], 0)]).unwrap();
+        let rows = shown(&store.conn);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0][2].as_deref(), Some(&*said.ts.to_string()));
     }
 
     #[test]
