@@ -339,11 +339,16 @@ impl Coordinator {
     }
 
     /// Sends the queued requests, as far as the connection and the pace
-    /// allow; the pace timer brings the rest.
+    /// allow; the pace timer brings the rest. While lines wait to be sent
+    /// again, what was typed after them waits behind them, so that the
+    /// chat shows them in the order they were typed.
     fn send_queued(&mut self) {
         let Some(conn) = self.conn.as_ref().filter(|_| self.joined) else {
             return;
         };
+        if !self.held.is_empty() {
+            return;
+        }
         while let Some(request) = self.queued.front() {
             if !self.pace.try_take(Instant::now()) {
                 self.pace_timer = crossbeam_channel::after(PACE_RETRY);
@@ -988,6 +993,27 @@ mod tests {
             h.server_flow(unavailable),
             ControlFlow::Break(ExitCode::FAILURE)
         );
+    }
+
+    #[test]
+    fn a_line_typed_while_another_waits_to_be_sent_again_follows_it() {
+        let mut h = Harness::new(false);
+        h.connect();
+        h.coordinator.pace = TokenBucket::new(0.0, 0, Instant::now());
+        h.server(welcome(&[], None));
+        h.typed("first");
+        let first = h.sent();
+        h.server(json!({
+            "type": "error", "code": "unavailable", "message": "Redis is away",
+            "cid": cid(&first[0]),
+        }));
+        h.typed("second");
+        assert!(h.sent().is_empty(), "not before the line it follows");
+        assert_eq!(h.event(Event::Retry), ControlFlow::Continue(()));
+        let sent = h.sent();
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent[0], first[0], "the same request, the same cid");
+        assert_eq!(sent[1]["text"], "second");
     }
 
     #[test]
