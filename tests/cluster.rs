@@ -49,6 +49,18 @@ impl Node {
         Node { process, addr }
     }
 
+    /// The value of `miochat_redis_up` in `GET /metrics`.
+    fn redis_up_metric(&self) -> String {
+        let response = http(self.addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(response.status, 200);
+        let line = response
+            .body
+            .lines()
+            .find(|line| line.starts_with("miochat_redis_up "))
+            .unwrap_or_else(|| panic!("no miochat_redis_up in {}", response.body));
+        line["miochat_redis_up ".len()..].to_owned()
+    }
+
     /// `GET /healthz`: the status code and the body.
     fn health(&self) -> (u16, Value) {
         let response = http(self.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -129,6 +141,7 @@ fn three_nodes_serve_one_chat() {
     let (status, health) = nodes[2].health();
     assert_eq!(status, 200);
     assert_eq!(health, json!({"status": "ok", "online": 1, "redis": "up"}));
+    assert_eq!(nodes[2].redis_up_metric(), "1");
 
     // Concurrent senders on every node: one sequence for everyone, in id
     // order, each sender's own messages included, nothing twice.
@@ -320,6 +333,7 @@ fn a_redis_restart_loses_nothing_acknowledged_and_doubles_nothing() {
                 nodes[0].health().1,
                 json!({"status": "degraded", "online": 1, "redis": "down"})
             );
+            assert_eq!(nodes[0].redis_up_metric(), "0");
             redis.restart();
             restarted = true;
         }

@@ -114,8 +114,27 @@ pub struct ChatMetrics {
     delivered: Tally,
     /// `error` messages sent, by code.
     refusals: Tally,
-    /// The store's numbers, set at each scrape.
-    store: StoreMetrics,
+    /// The store's numbers, or the cluster's link, set at each scrape.
+    backing: Backing,
+}
+
+/// Where public messages are kept, as a scrape reports it.
+#[derive(Debug, Clone)]
+pub enum Backing {
+    /// A single server's store: its group commits.
+    Store(StoreMetrics),
+    /// A cluster node's Redis: whether requests reach it now (an alert on
+    /// `miochat_redis_up == 0` is the operator's view of `/healthz`'s 503).
+    Redis {
+        /// Whether the node can reach Redis.
+        up: bool,
+    },
+}
+
+impl Default for Backing {
+    fn default() -> Self {
+        Backing::Store(StoreMetrics::default())
+    }
 }
 
 impl ChatMetrics {
@@ -162,11 +181,12 @@ impl ChatMetrics {
         self.delivered.add(kind, recipients);
     }
 
-    /// A copy to encode, with `online` users and the `store`'s numbers now.
-    pub fn snapshot(&self, online: usize, store: StoreMetrics) -> Box<dyn Collector> {
+    /// A copy to encode, with `online` users and the `backing`'s numbers
+    /// now.
+    pub fn snapshot(&self, online: usize, backing: Backing) -> Box<dyn Collector> {
         Box::new(ChatMetrics {
             online: online as u64,
-            store,
+            backing,
             ..self.clone()
         })
     }
@@ -187,6 +207,14 @@ impl Collector for ChatMetrics {
         )?;
         self.refusals
             .encode(e, "refusals", "Error messages sent, by code", "code")?;
-        self.store.encode(e)
+        match &self.backing {
+            Backing::Store(store) => store.encode(e),
+            Backing::Redis { up } => gauge(
+                e,
+                "redis_up",
+                "Whether this cluster node reaches Redis (1) or not (0)",
+                u64::from(*up),
+            ),
+        }
     }
 }

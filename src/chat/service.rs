@@ -33,7 +33,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::chat::cluster::node::Node;
 use crate::chat::config::ServerConfig;
-use crate::chat::metrics::ChatMetrics;
+use crate::chat::metrics::{Backing, ChatMetrics};
 use crate::chat::plain::{self, Line};
 use crate::chat::publish::{Publisher, Release};
 use crate::chat::room::{Audience, Delivery, Room, RoomConfig};
@@ -585,11 +585,11 @@ impl Service for Chat {
     }
 
     fn metrics(&self) -> Option<Box<dyn Collector>> {
-        let store = match &self.backend {
-            Backend::Local(publisher) => publisher.store_metrics(),
-            Backend::Cluster(_) => Default::default(),
+        let backing = match &self.backend {
+            Backend::Local(publisher) => Backing::Store(publisher.store_metrics()),
+            Backend::Cluster(node) => Backing::Redis { up: node.is_up() },
         };
-        Some(self.metrics.snapshot(self.room.online(), store))
+        Some(self.metrics.snapshot(self.room.online(), backing))
     }
 
     fn http_get(&mut self, path: &str) -> Vec<u8> {
