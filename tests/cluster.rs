@@ -104,6 +104,27 @@ fn join(addr: SocketAddr, name: &str) -> (Client, Value) {
     Client::join(addr, name)
 }
 
+/// Expects the close (1001) of a node that starts over, within `limit`,
+/// with no public message before it.
+fn expect_reset(client: &mut Client, limit: Duration) {
+    loop {
+        match client.recv_frame_within(limit) {
+            tungstenite::Message::Close(Some(frame)) => {
+                assert_eq!(u16::from(frame.code), 1001);
+                return;
+            }
+            tungstenite::Message::Text(text) => {
+                let message: Value = serde_json::from_str(&text).unwrap();
+                assert_ne!(
+                    message["type"], "message",
+                    "nothing new is shown: {message}"
+                );
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Whether `message` is the `joined` of `name`.
 fn joined(name: &str) -> impl Fn(&Value) -> bool + '_ {
     move |m| m["type"] == "joined" && m["name"] == name
@@ -428,19 +449,7 @@ fn a_node_cut_off_from_redis_is_declared_dead_and_its_users_rejoin_without_loss(
     // Healed: the node finds it was declared dead, and closes its
     // connections so that their users join again.
     proxy.partition(false);
-    loop {
-        match writer.recv_frame_within(LEFT_WITHIN) {
-            tungstenite::Message::Close(Some(frame)) => {
-                assert_eq!(u16::from(frame.code), 1001);
-                break;
-            }
-            tungstenite::Message::Text(text) => {
-                let message: Value = serde_json::from_str(&text).unwrap();
-                assert_ne!(message["type"], "message", "not acknowledged: {message}");
-            }
-            _ => {}
-        }
-    }
+    expect_reset(&mut writer, LEFT_WITHIN);
     // The node serves again, from the cluster's state.
     let (mut again, welcome) = join(behind.addr, "Again");
     assert_eq!(welcome["history"].as_array().unwrap().len(), 1, "{welcome}");
@@ -480,19 +489,7 @@ fn a_redis_that_lost_its_data_starts_a_new_epoch_and_every_user_rejoins() {
     // Each node notices at its next liveness refresh (every 3 s) and
     // closes its connections: their users must join the new chat.
     for client in [&mut ann, &mut bob] {
-        loop {
-            match client.recv_frame_within(Duration::from_secs(15)) {
-                tungstenite::Message::Close(Some(frame)) => {
-                    assert_eq!(u16::from(frame.code), 1001);
-                    break;
-                }
-                tungstenite::Message::Text(text) => {
-                    let message: Value = serde_json::from_str(&text).unwrap();
-                    assert_ne!(message["type"], "message", "{message}");
-                }
-                _ => {}
-            }
-        }
+        expect_reset(client, Duration::from_secs(15));
     }
     let mut ann = Client::connect(nodes[1].addr);
     let since = said["id"].clone();

@@ -781,11 +781,13 @@ fn new_dm(from: &str, to: &str, text: &str, cid: Option<&str>) -> NewDm {
 fn inbox_entry(id: u64, from: &str, to: &str, text: &str, cid: Option<&str>) -> InboxDm {
     InboxDm {
         stream_id: String::new(),
-        id,
-        ts: TS.into(),
-        from: from.into(),
-        to: to.into(),
-        text: text.into(),
+        dm: StoredDm {
+            id,
+            ts: TS.into(),
+            from: from.into(),
+            to: to.into(),
+            text: text.into(),
+        },
         cid: cid.map(str::to_owned),
     }
 }

@@ -194,7 +194,8 @@ pub struct NewDm {
     pub cid: Option<String>,
 }
 
-/// A DM as first stored under its cid: what a resend is answered with.
+/// A DM as Redis keeps it: in an inbox, and under its cid, which a
+/// resend is answered with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredDm {
     /// Its place in the chat's one order (shared with public messages).
@@ -230,16 +231,8 @@ pub enum DmOutcome {
 pub struct InboxDm {
     /// The stream entry's id: where a reader resumes.
     pub stream_id: String,
-    /// Its place in the chat's one order (shared with public messages).
-    pub id: u64,
-    /// The server time it was accepted.
-    pub ts: String,
-    /// The sender's name, as typed.
-    pub from: String,
-    /// The recipient's name, as the recipient typed it.
-    pub to: String,
-    /// The text.
-    pub text: String,
+    /// The DM.
+    pub dm: StoredDm,
     /// The sender's client id for it, if it sent one.
     pub cid: Option<String>,
 }
@@ -772,11 +765,13 @@ fn inbox_dm(stream_id: String, list: Vec<Frame>) -> Result<InboxDm, ReplyError> 
     let pairs = fields(list)?;
     Ok(InboxDm {
         stream_id,
-        id: number(&required(&pairs, "id")?)?,
-        ts: required(&pairs, "ts")?,
-        from: required(&pairs, "from")?,
-        to: required(&pairs, "to")?,
-        text: required(&pairs, "text")?,
+        dm: StoredDm {
+            id: number(&required(&pairs, "id")?)?,
+            ts: required(&pairs, "ts")?,
+            from: required(&pairs, "from")?,
+            to: required(&pairs, "to")?,
+            text: required(&pairs, "text")?,
+        },
         cid: field(&pairs, "cid"),
     })
 }

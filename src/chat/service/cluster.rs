@@ -23,8 +23,8 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use super::{Backend, Chat};
 use crate::chat::cluster::node::{Answer, Node, NodeEvent};
 use crate::chat::cluster::scripts::{
-    Claim, Delivery as Streamed, DmOutcome, InboxDm, NewDm, NewMessage, Presence, PresenceKind,
-    Rename, Snapshot, StoredMessage,
+    Claim, Delivery as Streamed, DmOutcome, NewDm, NewMessage, Presence, PresenceKind, Rename,
+    Snapshot, StoredDm, StoredMessage,
 };
 use crate::chat::cluster::RedisUrl;
 use crate::chat::config::ServerConfig;
@@ -251,15 +251,16 @@ impl Chat {
                     }
                 }
             }
-            Streamed::Inbox(dm) => {
+            Streamed::Inbox(inbox) => {
                 // To the recipient and the sender, those of them who are
                 // here (a DM to oneself once); either may have left since.
-                let to = match (self.room.user_named(&dm.from), self.room.user_named(&dm.to)) {
+                let (from, to) = (&inbox.dm.from, &inbox.dm.to);
+                let to = match (self.room.user_named(from), self.room.user_named(to)) {
                     (Some(sender), Some(recipient)) => Audience::Pair(sender, recipient),
                     (Some(one), None) | (None, Some(one)) => Audience::One(one),
                     (None, None) => return,
                 };
-                (to, inbox_dm(dm))
+                (to, dm_message(inbox.dm, inbox.cid))
             }
         };
         self.releases.push(Release::Send(Delivery { to, message }));
@@ -310,20 +311,20 @@ impl Chat {
                         // The inbox shows it to the sender, after every
                         // public message with a smaller id; it is only
                         // remembered here, for a resend.
-                        let message = sent_dm(id, dm, to);
+                        let stored = StoredDm {
+                            id,
+                            ts: dm.ts,
+                            from: dm.from,
+                            to,
+                            text: dm.text,
+                        };
+                        let message = dm_message(stored, dm.cid);
                         if let ServerMessage::Dm { cid: Some(cid), .. } = &message {
                             self.room.remember_dm(cid.clone(), message.clone());
                         }
                         return;
                     }
-                    DmOutcome::Duplicate(stored) => ServerMessage::Dm {
-                        id: stored.id,
-                        ts: parse_time(&stored.ts).unwrap_or_else(Timestamp::now),
-                        from: stored.from,
-                        to: stored.to,
-                        text: stored.text,
-                        cid: dm.cid.and_then(Cid::new),
-                    },
+                    DmOutcome::Duplicate(stored) => dm_message(stored, dm.cid),
                     DmOutcome::UnknownUser => {
                         with_cid(room::unknown_user(&dm.to), dm.cid.and_then(Cid::new))
                     }
@@ -458,27 +459,16 @@ fn chat_message(stored: StoredMessage) -> Option<Arc<ChatMessage>> {
     }))
 }
 
-/// A DM Redis accepted, as its sender's node remembers it.
-fn sent_dm(id: u64, dm: NewDm, to: String) -> ServerMessage {
-    ServerMessage::Dm {
-        id,
-        ts: parse_time(&dm.ts).unwrap_or_else(Timestamp::now),
-        from: dm.from,
-        to,
-        text: dm.text,
-        cid: dm.cid.and_then(Cid::new),
-    }
-}
-
-/// A DM from this node's inbox, as its sender and recipient see it.
-fn inbox_dm(dm: InboxDm) -> ServerMessage {
+/// A DM as Redis keeps it, as the protocol carries it: from an inbox,
+/// as a resend's answer, or as the sender's node remembers it.
+fn dm_message(dm: StoredDm, cid: Option<String>) -> ServerMessage {
     ServerMessage::Dm {
         id: dm.id,
         ts: parse_time(&dm.ts).unwrap_or_else(Timestamp::now),
         from: dm.from,
         to: dm.to,
         text: dm.text,
-        cid: dm.cid.and_then(Cid::new),
+        cid: cid.and_then(Cid::new),
     }
 }
 
