@@ -84,7 +84,7 @@ const META_TABLES: &str = "
 
 /// The most rows one `INSERT` into `history` stores. A commit is stored in
 /// chunks of powers of two up to it (a flood's group of 60 to 70 messages
-/// in three to five statements), so that a handful of prepared statements
+/// in one to six statements, 60 in four), so that a handful of prepared statements
 /// (one per size, [`insert_sql`]) cover every commit; each row costs the
 /// statement [`INSERT_PARAMS_PER_ROW`] parameters, so the largest has 321,
 /// far below any SQLite's limit on parameters (999 before 3.32, 32766
@@ -104,7 +104,7 @@ fn chunk_len(left: usize) -> usize {
 
 /// The `INSERT` of `rows` messages into `history`: one statement per chunk
 /// instead of one per message saves most of SQLite's per-statement work
-/// (the bindings' calls, the step, the reset). A row whose `cid` is
+/// (the step, the reset, opening the cursors). A row whose `cid` is
 /// already stored (or stored earlier in the same statement) is skipped.
 fn insert_sql(rows: usize) -> String {
     let values: Vec<String> = (0..rows)
