@@ -82,6 +82,54 @@ const META_TABLES: &str = "
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 ";
 
+/// The most rows one `INSERT` into `history` stores. A commit is stored in
+/// chunks of powers of two up to it (a flood's group of 60 to 70 messages
+/// in one to six statements, 60 in four), so that a handful of prepared statements
+/// (one per size, [`insert_sql`]) cover every commit; each row costs the
+/// statement [`INSERT_PARAMS_PER_ROW`] parameters, so the largest has 321,
+/// far below any SQLite's limit on parameters (999 before 3.32, 32766
+/// since).
+const MAX_CHUNK: usize = 64;
+
+/// Parameters per row of [`insert_sql`] (`id, ts, sender, text, cid`; the
+/// room is bound once, as `?1`).
+const INSERT_PARAMS_PER_ROW: usize = 5;
+
+/// The rows of the next chunk of a commit with `left` rows still to store:
+/// the largest power of two that fits, up to [`MAX_CHUNK`].
+fn chunk_len(left: usize) -> usize {
+    debug_assert!(left > 0);
+    MAX_CHUNK.min(1 << left.ilog2())
+}
+
+/// The `INSERT` of `rows` messages into `history`: one statement per chunk
+/// instead of one per message saves most of SQLite's per-statement work
+/// (the step, the reset, opening the cursors). A row whose `cid` is
+/// already stored (or stored earlier in the same statement) is skipped.
+fn insert_sql(rows: usize) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|row| {
+            let first = 2 + row * INSERT_PARAMS_PER_ROW;
+            format!(
+                "(?{first}, ?1, ?{}, ?{}, ?{}, ?{})",
+                first + 1,
+                first + 2,
+                first + 3,
+                first + 4
+            )
+        })
+        .collect();
+    format!(
+        "INSERT INTO history (id, room, ts, sender, text, cid) VALUES {} ON CONFLICT DO NOTHING",
+        values.join(", ")
+    )
+}
+
+/// Prepared statements kept by the connection: the seven chunk sizes'
+/// inserts (up to [`MAX_CHUNK`]) and the handful of queries, with room to
+/// spare (rusqlite's default, 16, would be just enough).
+const STATEMENT_CACHE: usize = 32;
+
 /// The columns every query reads, in the order [`from_row`] expects.
 const COLUMNS: &str = "id, ts, sender, text, cid";
 
@@ -94,6 +142,9 @@ pub struct SqliteStore {
     epoch: String,
     /// `meta.reserved_through`, as last committed.
     reserved: u64,
+    /// [`insert_sql`] for 1, 2, 4 ... [`MAX_CHUNK`] rows (index: the
+    /// power of two), made once: the statement cache is keyed by the text.
+    inserts: Vec<String>,
 }
 
 /// Ids and counts are unsigned on the wire and `INTEGER` (signed 64-bit)
@@ -228,10 +279,15 @@ impl SqliteStore {
         let reserved = meta("reserved_through")?
             .and_then(|value| value.parse().ok())
             .ok_or_else(|| not_ours("no reserved_through"))?;
+        // The cache holds the chunks' inserts besides the queries.
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(SqliteStore {
             conn,
             epoch,
             reserved,
+            inserts: (0..=MAX_CHUNK.ilog2())
+                .map(|power| insert_sql(1 << power))
+                .collect(),
         })
     }
 
@@ -259,32 +315,51 @@ impl SqliteStore {
         let mut duplicates = Vec::with_capacity(commits.len());
         let mut reserve = self.reserved;
         {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO history (id, room, ts, sender, text, cid)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
-            )?;
             let mut by_cid = tx.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM history WHERE room = ?1 AND cid = ?2"
             ))?;
             for commit in commits {
                 let mut found = Vec::new();
-                for message in &commit.messages {
-                    let cid = message.cid.as_ref().map(Cid::as_str);
-                    let inserted = insert.execute(params![
-                        to_sql(message.id),
-                        &*commit.room,
-                        message.ts.0.timestamp_millis(),
-                        message.from,
-                        message.text,
-                        cid,
-                    ])?;
-                    if inserted == 0 {
-                        // Ids are never reused, so only the cid can clash.
-                        let stored = by_cid.query_row(params![&*commit.room, cid], from_row)?;
-                        found.push(Duplicate {
-                            id: message.id,
-                            stored,
-                        });
+                let mut rest = &commit.messages[..];
+                while !rest.is_empty() {
+                    let (chunk, later) = rest.split_at(chunk_len(rest.len()));
+                    rest = later;
+                    let mut insert =
+                        tx.prepare_cached(&self.inserts[chunk.len().trailing_zeros() as usize])?;
+                    insert.raw_bind_parameter(1, &*commit.room)?;
+                    for (row, message) in chunk.iter().enumerate() {
+                        let first = 2 + row * INSERT_PARAMS_PER_ROW;
+                        insert.raw_bind_parameter(first, to_sql(message.id))?;
+                        insert.raw_bind_parameter(first + 1, message.ts.0.timestamp_millis())?;
+                        insert.raw_bind_parameter(first + 2, &message.from)?;
+                        insert.raw_bind_parameter(first + 3, &message.text)?;
+                        insert
+                            .raw_bind_parameter(first + 4, message.cid.as_ref().map(Cid::as_str))?;
+                    }
+                    let missing = chunk.len() - insert.raw_execute()?;
+                    if missing == 0 {
+                        continue;
+                    }
+                    let known = found.len();
+                    // Some rows were not stored. Ids are never reused, so
+                    // only a cid can have clashed (with a row stored earlier,
+                    // or earlier in this chunk): a message with a cid is a
+                    // duplicate when the row holding its cid is another's.
+                    for message in chunk {
+                        let Some(cid) = &message.cid else { continue };
+                        let stored =
+                            by_cid.query_row(params![&*commit.room, cid.as_str()], from_row)?;
+                        if stored.id != message.id {
+                            found.push(Duplicate {
+                                id: message.id,
+                                stored,
+                            });
+                        }
+                    }
+                    if found.len() - known != missing {
+                        // A row without a clashing cid was refused: its id
+                        // was already used, which must not happen.
+                        return Err(rusqlite::Error::QueryReturnedNoRows.into());
                     }
                 }
                 duplicates.push(found);
@@ -410,6 +485,66 @@ mod tests {
     #[test]
     fn ranges() {
         contract::ranges(&mut fresh().2);
+    }
+
+    /// A commit long enough for three chunks ([`MAX_CHUNK`], then 4, then
+    /// 2 rows) mixing new messages, messages without a cid, cids stored by
+    /// an earlier commit, and cids repeated within the commit (in the same
+    /// chunk and across chunks), then a commit of another room reusing a
+    /// cid: exactly the repeats are duplicates, in order, each with the
+    /// message that holds its cid.
+    #[test]
+    fn duplicates_within_a_commit_across_chunks_and_from_earlier_commits() {
+        let (_dir, _path, mut store) = fresh();
+        let first = message(1, "first", Some("c-1"));
+        store
+            .append(&[commit(vec![Arc::clone(&first)], 0)])
+            .unwrap();
+        // Ids 2 to 71: 70 messages, stored as chunks of 64, 4 and 2.
+        let cid_of = |id: u64| match id {
+            3 => Some("c-1".to_owned()),
+            10..=12 => None,
+            40 => Some("c-2".to_owned()),
+            66 => Some("c-5".to_owned()),
+            71 => Some("c-70".to_owned()),
+            _ => Some(format!("c-{id}")),
+        };
+        let messages: Vec<_> = (2..=71)
+            .map(|id| message(id, &format!("m{id}"), cid_of(id).as_deref()))
+            .collect();
+        let by_id = |id: u64| Arc::clone(&messages[usize::try_from(id - 2).unwrap()]);
+        let elsewhere = Commit {
+            room: "elsewhere".into(),
+            messages: vec![message(72, "other room", Some("c-1"))],
+            reserve_through: 0,
+        };
+        let duplicates = store
+            .append(&[commit(messages.clone(), 0), elsewhere])
+            .unwrap();
+        let duplicate = |id, stored| Duplicate { id, stored };
+        assert_eq!(
+            duplicates,
+            [
+                vec![
+                    duplicate(3, Arc::clone(&first)),
+                    duplicate(40, by_id(2)),
+                    duplicate(66, by_id(5)),
+                    duplicate(71, by_id(70)),
+                ],
+                vec![],
+            ]
+        );
+        let stored: Vec<u64> = store
+            .after(MAIN_ROOM, 0, u64::MAX, 100)
+            .unwrap()
+            .iter()
+            .map(|message| message.id)
+            .collect();
+        let expected: Vec<u64> = (1..=71)
+            .filter(|id| ![3, 40, 66, 71].contains(id))
+            .collect();
+        assert_eq!(stored, expected);
+        assert_eq!(store.after("elsewhere", 0, u64::MAX, 10).unwrap().len(), 1);
     }
 
     #[test]
