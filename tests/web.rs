@@ -137,6 +137,9 @@ fn two_pages_chat_both_ways_and_a_late_joiner_sees_the_history() {
         "hello Bob 😄",
         "her own message is marked as hers"
     );
+    // Bob's own copy is his acknowledgement; it may come a moment after
+    // Alice's.
+    bob.wait_for_message("Bob", "hi @Alice");
     for page in [&alice, &bob] {
         assert_eq!(page.messages(), ["Alice: hello Bob 😄", "Bob: hi @Alice"]);
     }
@@ -219,8 +222,10 @@ fn markup_in_a_message_is_shown_as_text_and_runs_nothing() {
     let attack = "<img src=x onerror=alert(1)>";
     alice.type_line("Message", attack);
     alice.type_line("Message", "<b>bold?</b> & <script>alert(2)</script>");
-    bob.wait_for_message("Alice", "<b>bold?</b> & <script>alert(2)</script>");
     for page in [&alice, &bob] {
+        // Each page shows the second line once its own copy arrives (the
+        // sender's is its acknowledgement): wait for it on each.
+        page.wait_for_message("Alice", "<b>bold?</b> & <script>alert(2)</script>");
         assert_eq!(
             page.messages(),
             [
