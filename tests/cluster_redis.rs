@@ -14,10 +14,9 @@ use mio::{Events, Interest, Poll, Token};
 use miochat::chat::cluster::conn::RedisConn;
 use miochat::chat::cluster::link::{Event, Frame, LinkConfig};
 use miochat::chat::cluster::scripts::{
-    parse_alive, parse_claim, parse_dm, parse_epoch, parse_page, parse_publish, parse_reap,
-    parse_release, parse_rename, parse_snapshot, parse_who, Claim, Commands, Cursor, Delivery,
-    DmOutcome, InboxDm, NewDm, NewMessage, Presence, PresenceKind, Published, Rename, Snapshot,
-    StoredDm, StoredMessage,
+    parse_alive, parse_claim, parse_dm, parse_page, parse_publish, parse_reap, parse_release,
+    parse_rename, parse_snapshot, Claim, Commands, Cursor, Delivery, DmOutcome, InboxDm, NewDm,
+    NewMessage, Presence, PresenceKind, Published, Rename, Snapshot, StoredDm, StoredMessage,
 };
 use miochat::chat::cluster::{random_token, RedisUrl};
 
@@ -418,8 +417,8 @@ fn names_are_unique_across_nodes_case_insensitively() {
     let commands = Commands::new(CHAT);
     let (mut lp, c) = single(&redis);
     let ttl = Duration::from_secs(10);
-    assert!(parse_alive(lp.call(c, &commands.register("a", ttl))).unwrap());
-    assert!(parse_alive(lp.call(c, &commands.register("b", ttl))).unwrap());
+    register_for(&mut lp, c, &commands, "a", ttl);
+    register_for(&mut lp, c, &commands, "b", ttl);
     let pttl = lp.call(c, &cmd(&["PTTL", "{test}:node:a:alive"]));
     assert!(
         matches!(pttl, Frame::Integer(t) if t > 9_000 && t <= 10_000),
@@ -436,18 +435,12 @@ fn names_are_unique_across_nodes_case_insensitively() {
     assert_eq!(claim(&mut lp, "b", "dAVE"), Claim::Taken);
     assert_eq!(claim(&mut lp, "b", "Ann"), Claim::Claimed { online: 2 });
     assert_eq!(claim(&mut lp, "ghost", "Zoe"), Claim::NotRegistered);
-    assert_eq!(
-        parse_who(lp.call(c, &commands.who())).unwrap(),
-        vec!["Ann", "Dave"]
-    );
+    assert_eq!(who(&mut lp, c), vec!["Ann", "Dave"]);
     assert_eq!(release(&mut lp, "b", "Dave"), None, "b does not hold Dave");
     assert_eq!(release(&mut lp, "a", "DAVE"), Some(1));
     assert_eq!(release(&mut lp, "a", "Dave"), None, "released once");
     assert_eq!(claim(&mut lp, "b", "DAVE"), Claim::Claimed { online: 2 });
-    assert_eq!(
-        parse_who(lp.call(c, &commands.who())).unwrap(),
-        vec!["Ann", "DAVE"]
-    );
+    assert_eq!(who(&mut lp, c), vec!["Ann", "DAVE"]);
 
     use PresenceKind::{Joined, Left};
     let mut cursor = origin();
@@ -477,7 +470,7 @@ fn a_dead_nodes_users_leave_once_even_when_two_nodes_reap_at_once() {
     lp.up(y);
     let ttl = Duration::from_secs(10);
     for node in ["dead", "live"] {
-        assert!(parse_alive(lp.call(x, &commands.register(node, ttl))).unwrap());
+        register_for(&mut lp, x, &commands, node, ttl);
     }
     for (node, name) in [("dead", "Ann"), ("dead", "Bob"), ("live", "Cy")] {
         assert!(matches!(
@@ -528,7 +521,7 @@ fn a_dead_nodes_users_leave_once_even_when_two_nodes_reap_at_once() {
         .map(|((node, name), online)| (Left, name.clone(), node.clone(), online))
         .collect();
     assert_eq!(presence(&mut lp, x, &commands, &mut cursor), expected);
-    assert_eq!(parse_who(lp.call(x, &commands.who())).unwrap(), vec!["Cy"]);
+    assert_eq!(who(&mut lp, x), vec!["Cy"]);
     assert!(!parse_alive(lp.call(x, &commands.refresh("dead", ttl))).unwrap());
     assert_eq!(
         parse_claim(lp.call(x, &commands.claim("dead", "Dan", BOUND))).unwrap(),
@@ -556,30 +549,20 @@ fn the_epoch_is_created_once_kept_by_the_append_only_file_and_new_after_data_los
     lp.up(x);
     lp.up(y);
     let (first, second) = (random_token(), random_token());
-    assert_eq!(
-        parse_epoch(lp.call(x, &commands.epoch(&first))).unwrap(),
-        first
-    );
-    assert_eq!(
-        parse_epoch(lp.call(y, &commands.epoch(&second))).unwrap(),
-        first,
-        "created once"
-    );
+    assert_eq!(epoch(&mut lp, x, &commands, &first), first);
+    assert_eq!(epoch(&mut lp, y, &commands, &second), first, "created once");
 
     redis.restart();
     lp.up(x);
     assert_eq!(
-        parse_epoch(lp.call(x, &commands.epoch(&second))).unwrap(),
+        epoch(&mut lp, x, &commands, &second),
         first,
         "survives a crash"
     );
 
     // A Redis that lost its data: the next node to ask makes a new epoch.
     lp.call(x, &cmd(&["FLUSHALL"]));
-    assert_eq!(
-        parse_epoch(lp.call(x, &commands.epoch(&second))).unwrap(),
-        second
-    );
+    assert_eq!(epoch(&mut lp, x, &commands, &second), second);
 }
 
 #[test]
@@ -671,9 +654,40 @@ fn a_reader_resumes_after_a_redis_crash_without_a_gap_or_a_duplicate() {
 /// Registers each node as live for longer than any test runs.
 fn register(lp: &mut Loop, c: usize, commands: &Commands, nodes: &[&str]) {
     for node in nodes {
-        let reply = lp.call(c, &commands.register(node, Duration::from_secs(60)));
-        assert!(parse_alive(reply).unwrap());
+        register_for(lp, c, commands, node, Duration::from_secs(60));
     }
+}
+
+/// Registers `node` as live for `ttl`, as a node does: by its snapshot.
+fn register_for(lp: &mut Loop, c: usize, commands: &Commands, node: &str, ttl: Duration) {
+    let reply = lp.call(c, &commands.snapshot(node, ttl, "an-epoch", 0));
+    parse_snapshot(reply).unwrap();
+}
+
+/// The chat's epoch as a node starting now reads it, `candidate` if there
+/// was none.
+fn epoch(lp: &mut Loop, c: usize, commands: &Commands, candidate: &str) -> String {
+    let reply = lp.call(
+        c,
+        &commands.snapshot("reader", Duration::from_secs(60), candidate, 0),
+    );
+    parse_snapshot(reply).unwrap().epoch
+}
+
+/// Everyone online (the online hash), names as typed, in name-key order.
+fn who(lp: &mut Loop, c: usize) -> Vec<String> {
+    let Frame::Array(names) = lp.call(c, &cmd(&["HVALS", "{test}:online"])) else {
+        panic!("HVALS answers an array");
+    };
+    let mut names: Vec<String> = names
+        .into_iter()
+        .map(|name| match name {
+            Frame::BulkString(bytes) => String::from_utf8(bytes).unwrap(),
+            other => panic!("a name, not {other:?}"),
+        })
+        .collect();
+    names.sort_by_key(|name| name.to_lowercase());
+    names
 }
 
 /// Claims each (node, name), which must be free.
@@ -712,18 +726,12 @@ fn renames_keep_names_unique_and_are_announced() {
     assert_eq!(rename(&mut lp, "a", "Ann", "bOB"), Rename::Taken);
     assert_eq!(rename(&mut lp, "b", "Ann", "Zed"), Rename::NotHeld);
     assert_eq!(rename(&mut lp, "a", "Nobody", "Zed"), Rename::NotHeld);
-    assert_eq!(
-        parse_who(lp.call(c, &commands.who())).unwrap(),
-        vec!["Ann", "Bob"]
-    );
+    assert_eq!(who(&mut lp, c), vec!["Ann", "Bob"]);
 
     // A change of case keeps the name's key (and its owner): only the name
     // shown changes.
     assert_eq!(rename(&mut lp, "a", "Ann", "ANN"), Rename::Renamed);
-    assert_eq!(
-        parse_who(lp.call(c, &commands.who())).unwrap(),
-        vec!["ANN", "Bob"]
-    );
+    assert_eq!(who(&mut lp, c), vec!["ANN", "Bob"]);
     assert_eq!(
         lp.call(c, &cmd(&["HGETALL", "{test}:names"])),
         Frame::Array(vec![bulk("ann"), bulk("a"), bulk("bob"), bulk("b")])
@@ -731,10 +739,7 @@ fn renames_keep_names_unique_and_are_announced() {
 
     // A new name: the old one is free, the new one taken, everywhere.
     assert_eq!(rename(&mut lp, "a", "ann", "Cat"), Rename::Renamed);
-    assert_eq!(
-        parse_who(lp.call(c, &commands.who())).unwrap(),
-        vec!["Bob", "Cat"]
-    );
+    assert_eq!(who(&mut lp, c), vec!["Bob", "Cat"]);
     assert_eq!(
         lp.call(c, &cmd(&["HGETALL", "{test}:node:a:users"])),
         Frame::Array(vec![bulk("cat"), bulk("Cat")])

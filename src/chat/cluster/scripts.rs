@@ -1,7 +1,7 @@
 //! The cluster's Redis commands: the Lua scripts that make each step
 //! atomic (publishing a round, claiming, renaming and releasing names,
-//! sending a DM, liveness, reaping dead nodes, the epoch, the snapshot a
-//! node starts from), the read of the streams that carries every node's
+//! sending a DM, liveness, reaping dead nodes, the snapshot a node starts
+//! from, which registers it and reads or creates the epoch), the read of the streams that carries every node's
 //! deliveries, the history's pages, and the parsing of their replies.
 //!
 //! Every function here builds a command's arguments or reads a reply; none
@@ -324,8 +324,6 @@ pub struct Commands {
     alive: Script,
     /// `reap.lua`.
     reap: Script,
-    /// `epoch.lua`.
-    epoch: Script,
     /// `rename.lua`.
     rename: Script,
     /// `dm.lua`.
@@ -357,21 +355,19 @@ impl Commands {
             release: Script::new(include_str!("lua/release.lua")),
             alive: Script::new(include_str!("lua/alive.lua")),
             reap: Script::new(include_str!("lua/reap.lua")),
-            epoch: Script::new(include_str!("lua/epoch.lua")),
             rename: Script::new(include_str!("lua/rename.lua")),
             dm: Script::new(include_str!("lua/dm.lua")),
             snapshot: Script::new(include_str!("lua/snapshot.lua")),
         }
     }
 
-    fn scripts(&self) -> [&Script; 9] {
+    fn scripts(&self) -> [&Script; 8] {
         [
             &self.publish,
             &self.claim,
             &self.release,
             &self.alive,
             &self.reap,
-            &self.epoch,
             &self.rename,
             &self.dm,
             &self.snapshot,
@@ -396,11 +392,6 @@ impl Commands {
     /// The key of node `node`'s `what` (`alive`, `users` or `inbox`).
     fn node_key(&self, node: &str, what: &str) -> String {
         format!("{}:node:{node}:{what}", self.prefix)
-    }
-
-    /// Reads the epoch, creating it as `candidate` if there is none.
-    pub fn epoch(&self, candidate: &str) -> Vec<Vec<u8>> {
-        self.epoch.call(&[&self.epoch_key], strings(&[candidate]))
     }
 
     /// Publishes `messages` in this order: consecutive new ids, appended to
@@ -514,21 +505,12 @@ impl Commands {
         )
     }
 
-    /// Registers `node` as live for `ttl` (at start-up, and again after it
-    /// learnt it was declared dead).
-    pub fn register(&self, node: &str, ttl: Duration) -> Vec<Vec<u8>> {
-        self.liveness(node, ttl, "register")
-    }
-
-    /// Keeps `node` live for another `ttl`, if it still is.
+    /// Keeps `node` live for another `ttl`, if it still is (the snapshot
+    /// registers it).
     pub fn refresh(&self, node: &str, ttl: Duration) -> Vec<Vec<u8>> {
-        self.liveness(node, ttl, "refresh")
-    }
-
-    fn liveness(&self, node: &str, ttl: Duration, mode: &str) -> Vec<Vec<u8>> {
         let alive = self.node_key(node, "alive");
         self.alive
-            .call(&[&self.nodes, &alive], strings(&[node, &millis(ttl), mode]))
+            .call(&[&self.nodes, &alive], strings(&[node, &millis(ttl)]))
     }
 
     /// Registers `node` as live for `ttl` and reads where the chat stands:
@@ -566,11 +548,6 @@ impl Commands {
             &[&self.nodes, &self.names, &self.presence, &self.online],
             strings(&[&self.prefix, &bound.to_string()]),
         )
-    }
-
-    /// Everyone online across the cluster, names as typed.
-    pub fn who(&self) -> Vec<Vec<u8>> {
-        strings(&["HVALS", &self.online])
     }
 
     /// Up to `limit` public messages with ids below `before` (`u64::MAX`
@@ -776,11 +753,6 @@ fn inbox_dm(stream_id: String, list: Vec<Frame>) -> Result<InboxDm, ReplyError> 
     })
 }
 
-/// The epoch script's answer.
-pub fn parse_epoch(frame: Frame) -> Result<String, ReplyError> {
-    text(frame)
-}
-
 /// The publish script's answer: one [`Published`] per message, in order.
 pub fn parse_publish(frame: Frame) -> Result<Vec<Published>, ReplyError> {
     array(frame)?
@@ -906,15 +878,4 @@ pub fn parse_alive(frame: Frame) -> Result<bool, ReplyError> {
 /// The reap script's answer: (node id, name) of every user announced left.
 pub fn parse_reap(frame: Frame) -> Result<Vec<(String, String)>, ReplyError> {
     fields(array(frame)?)
-}
-
-/// A `who` answer: every name online, as typed, sorted by name key so that
-/// every node lists them in the same order.
-pub fn parse_who(frame: Frame) -> Result<Vec<String>, ReplyError> {
-    let mut names = array(frame)?
-        .into_iter()
-        .map(text)
-        .collect::<Result<Vec<_>, _>>()?;
-    names.sort_by_cached_key(|name| name_key(name));
-    Ok(names)
 }
