@@ -26,6 +26,7 @@ use futures_util::{SinkExt, StreamExt};
 use miochat::proto::protocol::{
     self, ChatMessage, ErrorCode, Request, ServerMessage, Timestamp, SERVER_ID,
 };
+use miochat::proto::rate_limit::RateLimit;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -148,7 +149,7 @@ impl Room {
             }
             Request::Nick { name } => {
                 if let Err(error) = self.check_name(&name, Some(conn)) {
-                    return self.reply(conn, pending, error);
+                    return self.reply(conn, pending, *error);
                 }
                 self.names.remove(&protocol::name_key(&me));
                 self.names.insert(protocol::name_key(&name), conn);
@@ -174,7 +175,7 @@ impl Room {
         since: Option<u64>,
     ) {
         if let Err(error) = self.check_name(&name, None) {
-            return self.reply(conn, pending, error);
+            return self.reply(conn, pending, *error);
         }
         let Some(queue) = pending.take() else {
             return;
@@ -200,6 +201,11 @@ impl Room {
             server: SERVER_ID.replace("mioserver", "tokio-baseline"),
             epoch: "tokio-baseline".into(),
             recovered: None,
+            // It limits nothing, and says so.
+            rate_limit: Some(Box::new(RateLimit {
+                per_second: 0.0,
+                burst: 0,
+            })),
         };
         self.send(conn, Utf8Bytes::from(welcome.to_json()));
         let joined = ServerMessage::Joined {
@@ -211,11 +217,15 @@ impl Room {
     }
 
     /// Checks a wanted name: valid, and not taken by anyone but `owner`.
-    fn check_name(&self, name: &str, owner: Option<u64>) -> Result<(), ServerMessage> {
+    /// (The refusal is boxed, as clippy asks of an error as large as a
+    /// `ServerMessage`.)
+    fn check_name(&self, name: &str, owner: Option<u64>) -> Result<(), Box<ServerMessage>> {
         protocol::validate_name(name)
             .map_err(|why| ServerMessage::error(ErrorCode::InvalidName, why))?;
         match self.names.get(&protocol::name_key(name)) {
-            Some(&taken) if Some(taken) != owner => Err(not(ErrorCode::NameTaken, "name taken")),
+            Some(&taken) if Some(taken) != owner => {
+                Err(Box::new(not(ErrorCode::NameTaken, "name taken")))
+            }
             _ => Ok(()),
         }
     }

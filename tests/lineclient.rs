@@ -46,12 +46,22 @@ struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts `mioserver ADDR --history 1000 --db DB` (every message of a
-    /// test in a newcomer's welcome, the history in the test's own file)
+    /// Starts `mioserver ADDR --history 1000 --rate-limit 200 --db DB`
+    /// (every message of a test in a newcomer's welcome; a limit that
+    /// `welcome` announces and lineclient paces itself under, 160 lines a
+    /// second, so that a thousand piped lines take seconds, not the two
+    /// minutes of the default limit; the history in the test's own file)
     /// and waits until it listens.
     fn start(addr: SocketAddr, db: &Path) -> ServerProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_mioserver"))
-            .args([&addr.to_string(), "--history", "1000", "--db"])
+            .args([
+                &addr.to_string(),
+                "--history",
+                "1000",
+                "--rate-limit",
+                "200",
+                "--db",
+            ])
             .arg(db)
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
@@ -527,14 +537,14 @@ fn a_piped_client_posts_every_line_exactly_once_when_the_server_is_killed_and_re
     let first = ServerProcess::start(addr, &db);
     let observer = Client::joined("Observer", addr, "1 online: Observer");
     let mut bot = Client::start("bot", addr);
-    // The client paces itself at the server's default rate limit (10 a
-    // second after a burst of 20), so 200 lines take about 20 s.
-    let count = 200;
+    // The client paces itself under the limit the server announced (160
+    // lines a second), so the thousand lines take about 6 s.
+    let count = 1000;
     for n in 1..=count {
         bot.type_line(&format!("line {n}"));
     }
-    // The pace spreads the lines over a few seconds; kill the server in
-    // the middle of them.
+    // The pace spreads the lines over seconds; kill the server in the
+    // middle of them.
     observer.expect("* bot joined (2 online)");
     let mut seen_before = Vec::new();
     while seen_before.len() < count / 2 {
@@ -542,8 +552,8 @@ fn a_piped_client_posts_every_line_exactly_once_when_the_server_is_killed_and_re
     }
     first.kill();
     let second = ServerProcess::start(addr, &db);
-    // The lines left go at the client's pace (10 a second), after a
-    // reconnect: 20 s for all of them leaves room for a loaded machine.
+    // The lines left go at the client's pace, after a reconnect: 20 s for
+    // the 3 s they take leaves room for a loaded machine.
     let (status, _, stderr) = bot.finish_within(TIMEOUT + Duration::from_secs(20));
     assert!(status.success(), "every line acknowledged: {stderr}");
 

@@ -15,8 +15,10 @@ fn welcome_joined_and_users_have_the_documented_shapes() {
     // The epoch names this server's history; it is the same for everyone.
     let epoch = welcome["epoch"].clone();
     assert!(epoch.as_str().is_some_and(|epoch| !epoch.is_empty()));
+    // The connection's rate limit is announced: the defaults here.
+    let rate_limit = json!({"per_second": 10.0, "burst": 20});
     let expected = json!({"type": "welcome", "name": "alice", "users": ["alice"],
-        "history": [], "server": "mioserver/0.1.0", "epoch": epoch});
+        "history": [], "server": "mioserver/0.1.0", "epoch": epoch, "rate_limit": rate_limit});
     assert_eq!(welcome, expected);
 
     // Unknown fields are ignored.
@@ -25,7 +27,7 @@ fn welcome_joined_and_users_have_the_documented_shapes() {
     let mut welcome = bob.recv();
     common::sorted_users(&mut welcome);
     let expected = json!({"type": "welcome", "name": "bob", "users": ["alice", "bob"],
-        "history": [], "server": "mioserver/0.1.0", "epoch": epoch});
+        "history": [], "server": "mioserver/0.1.0", "epoch": epoch, "rate_limit": rate_limit});
     assert_eq!(welcome, expected);
     let joined = json!({"type": "joined", "name": "bob", "online": 2});
     assert_eq!(untimed(alice.recv()), joined);
@@ -410,6 +412,15 @@ fn requests_beyond_the_rate_limit_are_rate_limited() {
     // Every request counts, the join included: join, say, say, then refused.
     let server = start(rate_limited(3));
     let [mut alice, mut bob] = join_all(server.addr(), ["alice", "bob"]);
+    // welcome announces the limit, so that a client can keep under it.
+    let (carol, welcome) = Client::join(server.addr(), "carol");
+    assert_eq!(
+        welcome["rate_limit"],
+        json!({"per_second": 1.0 / 60.0, "burst": 3})
+    );
+    let joined = json!({"type": "joined", "name": "carol", "online": 3});
+    assert_eq!(untimed(alice.recv()), joined);
+    assert_eq!(untimed(bob.recv()), joined);
     alice.say("one");
     alice.say("two");
     alice.say("three");
@@ -423,7 +434,7 @@ fn requests_beyond_the_rate_limit_are_rate_limited() {
     // alice's connection stays open.
     bob.say("still there?");
     assert_eq!(alice.recv()["text"], "still there?");
-    stop(server, [alice, bob]);
+    stop(server, [alice, bob, carol]);
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::chat::cluster::RedisUrl;
 use crate::chat::store::{SyncMode, IN_MEMORY};
 use crate::evloop::config::LoopConfig;
+use crate::proto::rate_limit::RateLimit;
 
 /// Everything a chat server is started with. Each field is one flag of
 /// `mioserver`, except `net`, which holds the loop's flags.
@@ -71,13 +72,22 @@ impl Default for ServerConfig {
             history: DEFAULT_HISTORY,
             max_text_chars: DEFAULT_MAX_TEXT_CHARS,
             max_resume: DEFAULT_MAX_RESUME,
-            // The protocol's defaults: a person typing never comes near
-            // them, a script must pace itself.
-            rate_limit: 10.0,
-            rate_burst: 20,
+            rate_limit: RateLimit::DEFAULT.per_second,
+            rate_burst: RateLimit::DEFAULT.burst,
             db: PathBuf::from(IN_MEMORY),
             sync: SyncMode::Full,
             redis: None,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The per-connection limit that `--rate-limit` and `--rate-burst` set:
+    /// what the chat enforces and what `welcome` announces.
+    pub fn rate(&self) -> RateLimit {
+        RateLimit {
+            per_second: self.rate_limit,
+            burst: self.rate_burst,
         }
     }
 }

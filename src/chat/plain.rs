@@ -266,6 +266,7 @@ mod tests {
             server: crate::proto::protocol::SERVER_ID.into(),
             epoch: EPOCH.into(),
             recovered: None,
+            rate_limit: None,
         };
         assert_eq!(
             render(&welcome),

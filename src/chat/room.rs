@@ -15,6 +15,7 @@ use crate::proto::protocol::{
     self, name_key, validate_name, ChatMessage, Cid, ErrorCode, Request, ServerMessage, Timestamp,
     UserArray, UserList,
 };
+use crate::proto::rate_limit::RateLimit;
 
 /// The connection's key, chosen by the server; the room never interprets it.
 pub type UserId = usize;
@@ -27,7 +28,7 @@ pub type UserId = usize;
 const CID_MEMORY: usize = 65_536;
 
 /// The room's limits; the server fills them in from its command-line flags.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RoomConfig {
     /// How many of the latest public messages are kept for `welcome`; 0
     /// keeps none.
@@ -37,6 +38,9 @@ pub struct RoomConfig {
     /// The most messages a resume (`join` with `since`) sends before it
     /// gives up and answers `recovered: false`.
     pub max_resume: usize,
+    /// The server's per-connection rate limit, which `welcome` announces
+    /// (the server enforces it; the room only tells newcomers).
+    pub rate_limit: RateLimit,
 }
 
 impl Default for RoomConfig {
@@ -45,6 +49,7 @@ impl Default for RoomConfig {
             history_len: DEFAULT_HISTORY,
             max_text_chars: DEFAULT_MAX_TEXT_CHARS,
             max_resume: DEFAULT_MAX_RESUME,
+            rate_limit: RateLimit::DEFAULT,
         }
     }
 }
@@ -511,6 +516,7 @@ impl Room {
                 server: protocol::SERVER_ID.to_owned(),
                 epoch: self.epoch.clone(),
                 recovered,
+                rate_limit: Some(Box::new(self.config.rate_limit)),
             },
         });
         out.push(Delivery {
@@ -887,6 +893,10 @@ mod tests {
                 history_len: 100,
                 max_text_chars: 4000,
                 max_resume: 1000,
+                rate_limit: RateLimit {
+                    per_second: 10.0,
+                    burst: 20
+                },
             }
         );
     }
@@ -923,6 +933,7 @@ mod tests {
                         server: protocol::SERVER_ID.into(),
                         epoch: EPOCH.into(),
                         recovered: None,
+                        rate_limit: Some(Box::new(RateLimit::DEFAULT)),
                     },
                 },
                 Delivery {
@@ -947,6 +958,7 @@ mod tests {
                         server: protocol::SERVER_ID.into(),
                         epoch: EPOCH.into(),
                         recovered: None,
+                        rate_limit: Some(Box::new(RateLimit::DEFAULT)),
                     },
                 },
                 Delivery {

@@ -47,7 +47,7 @@ use crate::evloop::service::{Attach, ConnId, Outbox, Readiness, Service};
 use crate::proto::protocol::{
     parse_request, ErrorCode, ParseError, Request, ServerMessage, Timestamp,
 };
-use crate::proto::rate_limit::TokenBucket;
+use crate::proto::rate_limit::{RateLimit, TokenBucket};
 
 /// Requests refused in a row for the rate limit before the connection is
 /// closed with 1008 as a flood. A client that backs off after a few
@@ -61,10 +61,8 @@ pub struct Chat {
     room: Room,
     /// Per-connection state the room does not need.
     sessions: HashMap<ConnId, Session>,
-    /// Sustained requests per second per connection (0: unlimited).
-    rate_limit: f64,
-    /// Requests a connection may send at once.
-    rate_burst: u32,
+    /// Each connection's rate limit.
+    rate: RateLimit,
     /// Time from the upgrade to a successful `join`, else close 1008.
     join_timeout: Duration,
     /// The room's output for the request at hand; kept to reuse its memory.
@@ -246,8 +244,7 @@ impl Chat {
         Chat {
             room,
             sessions: HashMap::new(),
-            rate_limit: config.rate_limit,
-            rate_burst: config.rate_burst,
+            rate: config.rate(),
             join_timeout: config.join_timeout,
             deliveries: Vec::new(),
             backend,
@@ -263,6 +260,7 @@ impl Chat {
             history_len: config.history,
             max_text_chars: config.max_text_chars,
             max_resume: config.max_resume,
+            rate_limit: config.rate(),
         }
     }
 
@@ -460,7 +458,7 @@ impl Service for Chat {
             conn,
             Session {
                 peer,
-                bucket: TokenBucket::new(self.rate_limit, self.rate_burst, out.now()),
+                bucket: self.rate.bucket(out.now()),
                 strikes: 0,
                 mode: Mode::Undecided,
                 waiting: None,

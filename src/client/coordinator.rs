@@ -8,8 +8,9 @@
 //!
 //! Requests go out in the order typed. They wait in one queue while the
 //! client is not joined (connecting, choosing a name, reconnecting) and
-//! while the pace holds them back, so the server's rate limit never
-//! refuses a pasted or piped burst.
+//! while the pace holds them back, so the server's rate limit (the one
+//! `welcome` announces, else the protocol's default) never refuses a
+//! pasted or piped burst.
 //!
 //! Every `say` and `dm` carries a `cid`, a random id of 128 bits, and stays
 //! in [`Coordinator::unacked`] until the server acknowledges it: with its
@@ -38,21 +39,22 @@ use crate::proto::command::{self, Command, Outcome, HELP};
 use crate::proto::protocol::{
     name_key, validate_name, ChatMessage, Cid, ErrorCode, Request, ServerMessage,
 };
-use crate::proto::rate_limit::TokenBucket;
+use crate::proto::rate_limit::{RateLimit, TokenBucket};
 
-/// Requests per second the client sends at most: a fifth below the
-/// server's default limit (10 a second, bursts of 20), so that a pasted or
-/// piped burst is paced rather than refused, even when the network bunches
-/// frames together on their way.
-const PACE_RATE: f64 = 8.0;
+/// The share of the server's rate limit (rate and burst) the client uses:
+/// a fifth below it, so that a pasted or piped burst is paced rather than
+/// refused, even when the network bunches frames together on their way.
+const PACE_MARGIN: f64 = 0.8;
 
-/// Requests the client sends at once before pacing starts (the server's
-/// default burst is 20; the same margin as [`PACE_RATE`]).
-const PACE_BURST: u32 = 16;
-
-/// How long a paced request waits before the next try: the time the
-/// bucket takes to regain one token, 1 / [`PACE_RATE`].
-const PACE_RETRY: Duration = Duration::from_millis(125);
+/// A full bucket that keeps the client under the server's `limit` (the
+/// one `welcome` announced, else [`RateLimit::DEFAULT`]) by
+/// [`PACE_MARGIN`]. No limit (a rate of 0) means no pacing.
+fn pace(limit: RateLimit, now: Instant) -> TokenBucket {
+    // At least one at once: a bucket without room for a token would never
+    // send anything.
+    let burst = (f64::from(limit.burst) * PACE_MARGIN) as u32;
+    TokenBucket::new(limit.per_second * PACE_MARGIN, burst.max(1), now)
+}
 
 /// How long leaving waits for the socket thread to close the connection
 /// politely; it gives up on the server after one second itself.
@@ -207,7 +209,7 @@ impl Coordinator {
             last_id: None,
             oldest_id: None,
             queued: VecDeque::new(),
-            pace: TokenBucket::new(PACE_RATE, PACE_BURST, Instant::now()),
+            pace: pace(RateLimit::DEFAULT, Instant::now()),
             pace_timer: crossbeam_channel::never(),
             unacked: VecDeque::new(),
             held: VecDeque::new(),
@@ -254,7 +256,9 @@ impl Coordinator {
             Event::Input(Input::End) => self.input_ended(),
             Event::Net(NetEvent::Connected(conn)) => {
                 self.conn = Some(conn);
-                self.pace = TokenBucket::new(PACE_RATE, PACE_BURST, Instant::now());
+                // Until the welcome says otherwise, the server is assumed
+                // to have the default limit.
+                self.pace = pace(RateLimit::DEFAULT, Instant::now());
                 self.join();
                 ControlFlow::Continue(())
             }
@@ -350,8 +354,9 @@ impl Coordinator {
             return;
         }
         while let Some(request) = self.queued.front() {
-            if !self.pace.try_take(Instant::now()) {
-                self.pace_timer = crossbeam_channel::after(PACE_RETRY);
+            let now = Instant::now();
+            if !self.pace.try_take(now) {
+                self.pace_timer = crossbeam_channel::after(self.pace.wait(now));
                 return;
             }
             if conn.send(request.to_json()).is_err() {
@@ -421,8 +426,16 @@ impl Coordinator {
                 history,
                 epoch,
                 recovered,
+                rate_limit,
                 ..
             } => {
+                if let Some(limit) = rate_limit {
+                    // The server's own limit, from the join on: its bucket
+                    // has counted the join, so this one does too.
+                    let now = Instant::now();
+                    self.pace = pace(*limit, now);
+                    self.pace.try_take(now);
+                }
                 self.joined = true;
                 self.welcomed_before = true;
                 self.name = Some(name);
@@ -955,6 +968,51 @@ mod tests {
         assert_eq!(h.printed(), ["! unknown_user: nobody called Nobody"]);
         let echo = message(1, "bot", "fine", Some(&cid(&sent[1])));
         assert_eq!(h.server_flow(echo), ControlFlow::Break(ExitCode::FAILURE));
+    }
+
+    #[test]
+    fn a_burst_goes_at_the_pace_the_welcome_announces() {
+        // (announced limit, lines sent at once of 40 typed before the
+        // welcome): four fifths of the burst, less the join's token.
+        let cases = [
+            (None, 15),
+            (Some(json!({"per_second": 10.0, "burst": 20})), 15),
+            (Some(json!({"per_second": 50.0, "burst": 5})), 3),
+            (Some(json!({"per_second": 50.0, "burst": 1})), 0),
+            (Some(json!({"per_second": 0.0, "burst": 0})), 40),
+        ];
+        for (limit, at_once) in cases {
+            let mut h = Harness::new(false);
+            h.connect();
+            for n in 0..40 {
+                h.typed(&format!("line {n}"));
+            }
+            assert!(h.sent().is_empty(), "nothing before the welcome");
+            let mut welcome = welcome(&[], None);
+            if let Some(limit) = &limit {
+                welcome["rate_limit"] = limit.clone();
+            }
+            h.server(welcome);
+            let sent = h.sent();
+            assert_eq!(sent.len(), at_once, "{limit:?}");
+            // In the order typed; the rest wait for the pace timer.
+            for (n, request) in sent.iter().enumerate() {
+                assert_eq!(request["text"], format!("line {n}"));
+            }
+            let wait = h.coordinator.pace.wait(Instant::now());
+            if at_once == 40 {
+                assert_eq!(wait, Duration::ZERO);
+            } else {
+                // One token comes every 1 / (0.8 × rate): 125 ms at 10 a
+                // second, 25 ms at 50.
+                let per_token =
+                    Duration::from_secs_f64(1.0 / (0.8 * if at_once == 15 { 10.0 } else { 50.0 }));
+                assert!(
+                    wait > Duration::ZERO && wait <= per_token,
+                    "{limit:?}: {wait:?}"
+                );
+            }
+        }
     }
 
     #[test]

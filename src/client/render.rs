@@ -315,6 +315,7 @@ mod tests {
             server: "mioserver/0.1.0".into(),
             epoch: "e".into(),
             recovered: None,
+            rate_limit: None,
         };
         assert_eq!(
             renderer(false).server_message(&welcome, "Dave"),

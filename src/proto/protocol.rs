@@ -12,6 +12,8 @@ use serde::de::{self, IgnoredAny};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 
+use crate::proto::rate_limit::RateLimit;
+
 /// What the server calls itself in `welcome`; clients may show it.
 pub const SERVER_ID: &str = concat!("mioserver/", env!("CARGO_PKG_VERSION"));
 
@@ -465,6 +467,13 @@ pub enum ServerMessage {
         /// holds every message after `since`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         recovered: Option<bool>,
+        /// The server's per-connection rate limit, so that a client can
+        /// pace a pasted or piped burst under it. `mioserver` always sends
+        /// it; a client assumes [`RateLimit::DEFAULT`] of a server that
+        /// does not. (Boxed: every delivery holds a `ServerMessage`, and
+        /// the rare welcome should not make them all larger.)
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rate_limit: Option<Box<RateLimit>>,
     },
     /// A public message, to everyone joined (the sender included).
     Message(Arc<ChatMessage>),
@@ -792,11 +801,12 @@ mod tests {
             server: SERVER_ID.into(),
             epoch: "e1".into(),
             recovered: Some(true),
+            rate_limit: Some(Box::new(RateLimit::DEFAULT)),
         };
         let json = welcome.to_json();
         assert_eq!(
             json,
-            r#"{"type":"welcome","name":"Dave","users":["Dave"],"history":[{"type":"message","id":42,"ts":"2026-11-25T08:00:00.123Z","from":"Ann","text":"hi"}],"server":"mioserver/0.1.0","epoch":"e1","recovered":true}"#
+            r#"{"type":"welcome","name":"Dave","users":["Dave"],"history":[{"type":"message","id":42,"ts":"2026-11-25T08:00:00.123Z","from":"Ann","text":"hi"}],"server":"mioserver/0.1.0","epoch":"e1","recovered":true,"rate_limit":{"per_second":10.0,"burst":20}}"#
         );
         assert_eq!(
             serde_json::from_str::<ServerMessage>(&json).unwrap(),

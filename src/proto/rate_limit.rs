@@ -9,8 +9,47 @@
 //! long-lived connection never accumulates floating-point drift.
 //!
 //! Like the room, it never reads the clock: the caller passes `now`.
+//!
+//! [`RateLimit`] is the limit itself, as the server's flags set it and as
+//! `welcome` announces it, so that a client can pace itself under it.
 
 use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// A per-connection rate limit: what `--rate-limit` and `--rate-burst`
+/// set, and what `welcome` carries as
+/// `"rate_limit":{"per_second":10.0,"burst":20}`. A client that knows the
+/// limit can send a pasted or piped burst at a pace the server accepts,
+/// instead of guessing (and being refused when it guesses high, or slow
+/// for nothing when it guesses low).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RateLimit {
+    /// Requests per second a connection may sustain; 0 means no limit.
+    pub per_second: f64,
+    /// Requests a connection may send at once before the limit applies.
+    pub burst: u32,
+}
+
+/// A rate is never NaN (the server's flag refuses it, and JSON cannot
+/// spell it), so equality is total, as the messages that carry a limit
+/// need.
+impl Eq for RateLimit {}
+
+impl RateLimit {
+    /// The server's default limit, which a client also assumes of a server
+    /// that does not announce one: 10 a second suits a person typing, even
+    /// fast, and a burst of 20 lets a short paste through at once.
+    pub const DEFAULT: RateLimit = RateLimit {
+        per_second: 10.0,
+        burst: 20,
+    };
+
+    /// A full bucket that enforces this limit from `now`.
+    pub fn bucket(self, now: Instant) -> TokenBucket {
+        TokenBucket::new(self.per_second, self.burst, now)
+    }
+}
 
 /// Allows `burst` requests at once and `rate` per second after that.
 #[derive(Debug, Clone)]
@@ -67,6 +106,16 @@ impl TokenBucket {
         }
         self.full_at = now + owed;
         true
+    }
+
+    /// How long from `now` until [`try_take`](Self::try_take) will give a
+    /// token: zero when it would now. A caller that paces itself sleeps
+    /// this long instead of polling. (A bucket with a burst of 0 never
+    /// gives one; the answer is then one token's refill time, so that a
+    /// caller that tries again anyway does not spin.)
+    pub fn wait(&self, now: Instant) -> Duration {
+        let owed = self.full_at.saturating_duration_since(now) + self.per_token;
+        owed.saturating_sub(self.capacity)
     }
 }
 
@@ -127,6 +176,30 @@ mod tests {
             let mut bucket = TokenBucket::new(0.0, burst, start);
             assert_eq!(take_all(&mut bucket, start, 10_000), 10_000, "{burst}");
         }
+    }
+
+    #[test]
+    fn wait_says_when_the_next_token_comes() {
+        let start = Instant::now();
+        // Four tokens a second: one every 250 ms.
+        let mut bucket = TokenBucket::new(4.0, 2, start);
+        assert_eq!(bucket.wait(start), Duration::ZERO);
+        assert_eq!(take_all(&mut bucket, start, 100), 2);
+        assert_eq!(bucket.wait(start), Duration::from_millis(250));
+        let later = start + Duration::from_millis(100);
+        assert_eq!(bucket.wait(later), Duration::from_millis(150));
+        // Once the wait has passed, a token is there, and only one.
+        let then = later + bucket.wait(later);
+        assert_eq!(bucket.wait(then), Duration::ZERO);
+        assert_eq!(take_all(&mut bucket, then, 100), 1);
+        // Unlimited: never a wait.
+        let mut free = RateLimit {
+            per_second: 0.0,
+            burst: 0,
+        }
+        .bucket(start);
+        assert_eq!(take_all(&mut free, start, 1000), 1000);
+        assert_eq!(free.wait(start), Duration::ZERO);
     }
 
     #[test]
