@@ -491,6 +491,32 @@ fn a_memory_server_names_a_new_epoch_when_restarted() {
     assert!(!Path::new(":memory:").exists(), "no file named :memory:");
 }
 
+#[test]
+fn a_second_server_on_the_same_database_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db");
+    let first = Server::start(&db, &[]);
+    let second = Command::new(env!("CARGO_BIN_EXE_mioserver"))
+        .arg("127.0.0.1:0")
+        .arg("--db")
+        .arg(&db)
+        .output()
+        .expect("run mioserver");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("is in use by another mioserver"),
+        "{stderr}"
+    );
+    // The first one serves on, and once it is gone the file is free.
+    let (_alice, welcome) = resume(first.addr, "alice", None, None);
+    assert_eq!(welcome["type"], "welcome");
+    first.kill();
+    let again = Server::start(&db, &[]);
+    let (_bob, welcome) = resume(again.addr, "bob", None, None);
+    assert_eq!(welcome["type"], "welcome");
+}
+
 /// A small tmpfs, unmounted when dropped.
 struct Tmpfs {
     dir: tempfile::TempDir,

@@ -153,6 +153,13 @@ pub enum StoreError {
         /// The newest this program knows.
         known: i64,
     },
+    /// Another process (another `mioserver`) has the file open as its
+    /// store: two servers would hand out the same ids. Stop the other one,
+    /// or choose another file.
+    InUse {
+        /// The file.
+        path: PathBuf,
+    },
     /// The database failed (disk full, read-only, I/O error…).
     Sqlite(rusqlite::Error),
 }
@@ -170,6 +177,13 @@ impl fmt::Display for StoreError {
                 f,
                 "{} has schema version {found}, made by a newer miochat (this one knows \
                  up to {known}); it was left untouched: run the newer mioserver",
+                path.display()
+            ),
+            StoreError::InUse { path } => write!(
+                f,
+                "{} is in use by another mioserver (one database serves one server, or \
+                 both would hand out the same ids): stop that one, or choose another file \
+                 with --db",
                 path.display()
             ),
             StoreError::Sqlite(err) => write!(f, "{err}"),

@@ -33,6 +33,8 @@
 //! third less of the store thread's CPU (`examples/store_cost.rs`; the
 //! figures are in `docs/performance.md`).
 
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -133,10 +135,41 @@ const STATEMENT_CACHE: usize = 32;
 /// The columns every query reads, in the order [`from_row`] expects.
 const COLUMNS: &str = "id, ts, sender, text, cid";
 
+/// Takes the file's `flock` for this process, or says it is taken. A
+/// `flock` is apart from the `fcntl` locks SQLite takes (on Linux the two
+/// kinds never meet), so `sqlite3` and other readers are not kept out: only
+/// a second server, which would hand out the same ids.
+fn lock(path: &Path) -> Result<File, StoreError> {
+    let in_use = || StoreError::InUse {
+        path: path.to_owned(),
+    };
+    // Read-only is enough to lock, and opens a file that is read-only too
+    // (the store then reports that it cannot write, as for a full disk).
+    let file = File::open(path).map_err(|err| StoreError::NotMiochat {
+        path: path.to_owned(),
+        reason: format!("it cannot be opened: {err}"),
+    })?;
+    // SAFETY: flock only reads the descriptor, which `file` keeps open.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.kind() == std::io::ErrorKind::WouldBlock {
+            return Err(in_use());
+        }
+        log::warn!(
+            "{}: cannot lock it ({err}); nothing keeps a second server out",
+            path.display()
+        );
+    }
+    Ok(file)
+}
+
 /// A miochat database file.
 #[derive(Debug)]
 pub struct SqliteStore {
     /// The one connection: it writes, and it reads for the loop too.
+    /// (Declared before `_lock`, so that it is closed first: closing any
+    /// descriptor of the file drops every `fcntl` lock this process holds
+    /// on it, SQLite's included.)
     conn: Connection,
     /// Names this history (`meta.epoch`).
     epoch: String,
@@ -145,6 +178,9 @@ pub struct SqliteStore {
     /// [`insert_sql`] for 1, 2, 4 ... [`MAX_CHUNK`] rows (index: the
     /// power of two), made once: the statement cache is keyed by the text.
     inserts: Vec<String>,
+    /// The file's `flock`, held while the store lives ([`lock`]), so that
+    /// a second server refuses to start on the same file.
+    _lock: File,
 }
 
 /// Ids and counts are unsigned on the wire and `INTEGER` (signed 64-bit)
@@ -217,7 +253,9 @@ impl SqliteStore {
     /// Opens `path`, creating a new database (and a new epoch) when the
     /// file is missing or empty. See the module docs for what is refused.
     pub fn open(path: &Path, sync: SyncMode) -> Result<Self, StoreError> {
+        // SQLite creates a missing file; then it can be locked.
         let mut conn = Connection::open(path)?;
+        let lock = lock(path)?;
         let not_ours = |reason: &str| StoreError::NotMiochat {
             path: path.to_owned(),
             reason: reason.to_owned(),
@@ -288,6 +326,7 @@ impl SqliteStore {
             inserts: (0..=MAX_CHUNK.ilog2())
                 .map(|power| insert_sql(1 << power))
                 .collect(),
+            _lock: lock,
         })
     }
 
@@ -757,6 +796,34 @@ mod tests {
         let rows = shown(&store.conn);
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0][2].as_deref(), Some(&*said.ts.to_string()));
+    }
+
+    #[test]
+    fn a_second_store_on_the_same_file_is_refused_until_the_first_is_gone() {
+        let (_dir, path, mut first) = fresh();
+        first
+            .append(&[commit(vec![message(1, "one", None)], 0)])
+            .unwrap();
+        let err = SqliteStore::open(&path, SyncMode::Full).unwrap_err();
+        assert!(matches!(err, StoreError::InUse { .. }), "{err}");
+        assert!(
+            err.to_string().contains("in use by another mioserver"),
+            "{err}"
+        );
+        // The first store still works, its SQLite locks intact.
+        first
+            .append(&[commit(vec![message(2, "two", None)], 0)])
+            .unwrap();
+        // Readers are not kept out.
+        let reader = Connection::open(&path).unwrap();
+        let count: i64 = reader
+            .query_row("SELECT count(*) FROM messages", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(count, 2);
+        drop(reader);
+        drop(first);
+        let mut second = SqliteStore::open(&path, SyncMode::Full).unwrap();
+        assert_eq!(second.after(MAIN_ROOM, 0, u64::MAX, 10).unwrap().len(), 2);
     }
 
     #[test]
