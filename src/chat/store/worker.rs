@@ -39,8 +39,8 @@ pub type Ticket = u64;
 /// How long the store thread waits before a group commit under load.
 /// Half a millisecond is nothing next to a network round trip between
 /// people, yet under a flood (tens of thousands of messages a second on
-/// this project's 2-core machine) it lets groups grow from about 60
-/// messages to about 100: a third fewer fsyncs, and a third fewer rounds
+/// this project's 2-core machine) it lets groups grow from about 55
+/// messages to about 80: a third fewer fsyncs, and a third fewer rounds
 /// of writes to every client, which is where a delivery's CPU goes (the
 /// figures are in `docs/performance.md`).
 const COMMIT_DELAY: Duration = Duration::from_micros(500);
