@@ -39,7 +39,7 @@ pub struct RoomConfig {
     /// gives up and answers `recovered: false`.
     pub max_resume: usize,
     /// The server's per-connection rate limit, which `welcome` announces
-    /// (the server enforces it; the room only tells newcomers).
+    /// (the chat enforces it, reading it from here: [`Room::rate_limit`]).
     pub rate_limit: RateLimit,
 }
 
@@ -122,6 +122,12 @@ pub struct Room {
 }
 
 impl Room {
+    /// The per-connection rate limit the room announces, for the chat to
+    /// enforce: one value, so what newcomers are told is what holds.
+    pub fn rate_limit(&self) -> RateLimit {
+        self.config.rate_limit
+    }
+
     /// An empty room whose history is called `epoch`.
     pub fn new(config: RoomConfig, epoch: String) -> Room {
         Room {

@@ -47,7 +47,7 @@ use crate::evloop::service::{Attach, ConnId, Outbox, Readiness, Service};
 use crate::proto::protocol::{
     parse_request, ErrorCode, ParseError, Request, ServerMessage, Timestamp,
 };
-use crate::proto::rate_limit::{RateLimit, TokenBucket};
+use crate::proto::rate_limit::TokenBucket;
 
 /// Requests refused in a row for the rate limit before the connection is
 /// closed with 1008 as a flood. A client that backs off after a few
@@ -61,8 +61,6 @@ pub struct Chat {
     room: Room,
     /// Per-connection state the room does not need.
     sessions: HashMap<ConnId, Session>,
-    /// Each connection's rate limit.
-    rate: RateLimit,
     /// Time from the upgrade to a successful `join`, else close 1008.
     join_timeout: Duration,
     /// The room's output for the request at hand; kept to reuse its memory.
@@ -244,7 +242,6 @@ impl Chat {
         Chat {
             room,
             sessions: HashMap::new(),
-            rate: config.rate(),
             join_timeout: config.join_timeout,
             deliveries: Vec::new(),
             backend,
@@ -458,7 +455,7 @@ impl Service for Chat {
             conn,
             Session {
                 peer,
-                bucket: self.rate.bucket(out.now()),
+                bucket: self.room.rate_limit().bucket(out.now()),
                 strikes: 0,
                 mode: Mode::Undecided,
                 waiting: None,

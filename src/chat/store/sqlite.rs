@@ -138,29 +138,32 @@ const COLUMNS: &str = "id, ts, sender, text, cid";
 /// Takes the file's `flock` for this process, or says it is taken. A
 /// `flock` is apart from the `fcntl` locks SQLite takes (on Linux the two
 /// kinds never meet), so `sqlite3` and other readers are not kept out: only
-/// a second server, which would hand out the same ids.
-fn lock(path: &Path) -> Result<File, StoreError> {
-    let in_use = || StoreError::InUse {
-        path: path.to_owned(),
-    };
+/// a second server, which would hand out the same ids. A lock that cannot
+/// be taken for another reason (a file system without `flock`) is logged,
+/// and the store works without it: `None`.
+fn lock(path: &Path) -> Result<Option<File>, StoreError> {
     // Read-only is enough to lock, and opens a file that is read-only too
     // (the store then reports that it cannot write, as for a full disk).
-    let file = File::open(path).map_err(|err| StoreError::NotMiochat {
-        path: path.to_owned(),
-        reason: format!("it cannot be opened: {err}"),
-    })?;
-    // SAFETY: flock only reads the descriptor, which `file` keeps open.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let err = std::io::Error::last_os_error();
-        if err.kind() == std::io::ErrorKind::WouldBlock {
-            return Err(in_use());
+    let locked = File::open(path).and_then(|file| {
+        // SAFETY: flock only reads the descriptor, which `file` keeps open.
+        match unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } {
+            0 => Ok(file),
+            _ => Err(std::io::Error::last_os_error()),
         }
-        log::warn!(
-            "{}: cannot lock it ({err}); nothing keeps a second server out",
-            path.display()
-        );
+    });
+    match locked {
+        Ok(file) => Ok(Some(file)),
+        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => Err(StoreError::InUse {
+            path: path.to_owned(),
+        }),
+        Err(err) => {
+            log::warn!(
+                "{}: cannot lock it ({err}); nothing keeps a second server out",
+                path.display()
+            );
+            Ok(None)
+        }
     }
-    Ok(file)
 }
 
 /// A miochat database file.
@@ -180,7 +183,7 @@ pub struct SqliteStore {
     inserts: Vec<String>,
     /// The file's `flock`, held while the store lives ([`lock`]), so that
     /// a second server refuses to start on the same file.
-    _lock: File,
+    _lock: Option<File>,
 }
 
 /// Ids and counts are unsigned on the wire and `INTEGER` (signed 64-bit)
