@@ -99,6 +99,12 @@ impl<T> RedisConn<T> {
         self.sync(registry, now);
     }
 
+    /// Reconnects now if a reconnect is waiting (see [`Link::retry_now`]).
+    pub fn retry_now(&mut self, registry: &Registry, now: Instant) {
+        self.link.retry_now(now);
+        self.sync(registry, now);
+    }
+
     /// The socket became readable: read until `WouldBlock`.
     pub fn on_readable(&mut self, registry: &Registry, now: Instant) {
         if self.link.is_connected() {

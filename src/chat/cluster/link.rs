@@ -332,6 +332,16 @@ impl<T> Link<T> {
         }
     }
 
+    /// Redis was just reached another way (the owner's other connection
+    /// came up): a reconnect that waits out its backoff is due at once,
+    /// since the delay guards against a Redis that is down, and this one
+    /// is not. Nothing changes while connecting or connected.
+    pub fn retry_now(&mut self, now: Instant) {
+        if let State::Waiting(at) = &mut self.state {
+            *at = (*at).min(now);
+        }
+    }
+
     /// The edge started a non-blocking connect.
     pub fn connecting(&mut self, now: Instant) {
         self.state = State::Connecting(now + self.config.connect_timeout);
@@ -755,6 +765,24 @@ mod tests {
             }]
         );
         assert!(!link.has_socket());
+    }
+
+    #[test]
+    fn a_waiting_reconnect_can_be_made_due_at_once() {
+        let start = Instant::now();
+        let mut link = up(start);
+        link.fail("Redis closed the connection", start);
+        let retry = link.next_deadline().unwrap();
+        assert!(retry > start);
+        assert!(!link.connect_due(start));
+        link.retry_now(start);
+        assert!(link.connect_due(start));
+        // While connecting it changes nothing.
+        link.connecting(start);
+        let by = link.next_deadline();
+        link.retry_now(start);
+        assert_eq!(link.next_deadline(), by);
+        assert!(!link.connect_due(start));
     }
 
     #[test]

@@ -451,8 +451,13 @@ impl Node {
             Event::Up if on_reader => {
                 self.reading = false;
                 self.read(now);
+                // Redis is back: the command connection need not wait out
+                // its backoff, or the node would deliver messages while
+                // still refusing requests.
+                self.retry_other(true, now);
             }
             Event::Up => {
+                self.retry_other(false, now);
                 match self.down_since.take() {
                     Some(since) => log::info!(
                         "redis: connected again after {:.1} s",
@@ -489,6 +494,20 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// One connection came up: the other one, if it waits to reconnect,
+    /// tries at once.
+    fn retry_other(&mut self, reader_came_up: bool, now: Instant) {
+        let Some(registry) = &self.registry else {
+            return;
+        };
+        let other = if reader_came_up {
+            &mut self.cmd
+        } else {
+            &mut self.reader
+        };
+        other.retry_now(registry, now);
     }
 
     /// Asks for the cluster's state (and registers the node).
