@@ -601,10 +601,21 @@ mod tests {
     const ALICE: UserId = 1;
     const BOB: UserId = 2;
 
-    /// A memory store whose writes fail while `full` is set.
+    /// A memory store whose writes fail while `full` is set, and which,
+    /// given a [`Gate`], runs on its own thread and stores nothing before
+    /// the gate lets it.
     struct Flaky {
         inner: MemoryStore,
         full: Arc<AtomicBool>,
+        gate: Option<Gate>,
+    }
+
+    /// What makes every commit wait for a permit.
+    struct Gate {
+        /// One permit per commit.
+        permits: std::sync::mpsc::Receiver<()>,
+        /// Told when a commit starts waiting.
+        waiting: std::sync::mpsc::Sender<()>,
     }
 
     impl Store for Flaky {
@@ -615,7 +626,7 @@ mod tests {
             self.inner.reserved_through()
         }
         fn may_block(&self) -> bool {
-            false
+            self.gate.is_some()
         }
         fn keeps_everything(&self) -> bool {
             false
@@ -624,6 +635,15 @@ mod tests {
             &mut self,
             commits: &[Commit],
         ) -> Result<Vec<Vec<crate::chat::store::Duplicate>>, StoreError> {
+            if let Some(gate) = &self.gate {
+                gate.waiting.send(()).unwrap();
+                // Bounded, so that a failing test ends (unwinding drops
+                // the publisher, whose worker waits for this thread,
+                // before the permits' sender).
+                let _ = gate
+                    .permits
+                    .recv_timeout(std::time::Duration::from_secs(10));
+            }
             if self.full.load(Ordering::SeqCst) {
                 return Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(
                     rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
@@ -657,14 +677,21 @@ mod tests {
     /// A room with Alice in it, a publisher over a flaky store (run
     /// inline: each `pump` is one commit), and the store's switch.
     fn setup() -> (Room, Publisher, Arc<AtomicBool>) {
+        let (room, publisher, full, _) = setup_with(None);
+        (room, publisher, full)
+    }
+
+    /// The same, the store on its own thread if it has a `gate`; also the
+    /// poll that the store's wakeups wake.
+    fn setup_with(gate: Option<Gate>) -> (Room, Publisher, Arc<AtomicBool>, mio::Poll) {
         let full = Arc::new(AtomicBool::new(false));
         let store = Flaky {
             inner: MemoryStore::new(100),
             full: Arc::clone(&full),
+            gate,
         };
         let mut worker = Worker::new(Box::new(store));
-        // An inline store needs no wakeup; a waker on a throwaway poll
-        // stands in for the loop's.
+        // A waker on a poll of the test's own stands in for the loop's.
         let poll = mio::Poll::new().unwrap();
         let waker = mio::Waker::new(poll.registry(), mio::Token(0)).unwrap();
         worker.start(Wakeup::for_tests(waker));
@@ -679,7 +706,7 @@ mod tests {
             &mut releases,
         );
         publisher.pump(&mut room, &mut releases);
-        (room, publisher, full)
+        (room, publisher, full, poll)
     }
 
     fn join(name: &str) -> Request {
@@ -762,93 +789,20 @@ mod tests {
         );
     }
 
-    /// A memory store on its own thread whose every commit waits for a
-    /// permit, and says when it has started waiting.
-    struct Gated {
-        inner: MemoryStore,
-        permits: std::sync::mpsc::Receiver<()>,
-        waiting: std::sync::mpsc::Sender<()>,
-    }
-
-    impl Store for Gated {
-        fn epoch(&self) -> &str {
-            self.inner.epoch()
-        }
-        fn reserved_through(&self) -> u64 {
-            self.inner.reserved_through()
-        }
-        fn may_block(&self) -> bool {
-            true
-        }
-        fn keeps_everything(&self) -> bool {
-            false
-        }
-        fn append(
-            &mut self,
-            commits: &[Commit],
-        ) -> Result<Vec<Vec<crate::chat::store::Duplicate>>, StoreError> {
-            self.waiting.send(()).unwrap();
-            // Bounded, so that a failing test ends (unwinding drops the
-            // publisher, whose worker waits for this thread, before the
-            // permits' sender).
-            let _ = self
-                .permits
-                .recv_timeout(std::time::Duration::from_secs(10));
-            self.inner.append(commits)
-        }
-        fn after(
-            &mut self,
-            room: &str,
-            since: u64,
-            below: u64,
-            limit: usize,
-        ) -> Result<Vec<Arc<ChatMessage>>, StoreError> {
-            self.inner.after(room, since, below, limit)
-        }
-        fn before(
-            &mut self,
-            room: &str,
-            before: u64,
-            limit: usize,
-        ) -> Result<Vec<Arc<ChatMessage>>, StoreError> {
-            self.inner.before(room, before, limit)
-        }
-        fn summary(&mut self, room: &str) -> Result<Summary, StoreError> {
-            self.inner.summary(room)
-        }
-    }
-
     #[test]
     fn a_stored_group_waits_for_the_commit_in_flight_and_goes_out_with_it() {
         let limit = std::time::Duration::from_secs(10);
         let (permit, permits) = std::sync::mpsc::channel();
         let (waiting, started) = std::sync::mpsc::channel();
-        let store = Gated {
-            inner: MemoryStore::new(100),
-            permits,
-            waiting,
-        };
-        let mut worker = Worker::new(Box::new(store));
-        let mut poll = mio::Poll::new().unwrap();
-        let waker = mio::Waker::new(poll.registry(), mio::Token(0)).unwrap();
-        worker.start(Wakeup::for_tests(waker));
+        let gate = Gate { permits, waiting };
+        let (mut room, mut publisher, _, mut poll) = setup_with(Some(gate));
         // Waits until the store has woken "the loop" (bounded).
         let mut events = mio::Events::with_capacity(4);
         let mut woken = || {
             poll.poll(&mut events, Some(limit)).unwrap();
             assert!(!events.is_empty(), "the store never woke the loop");
         };
-        let mut room = Room::new(RoomConfig::default(), "e".into());
-        let mut publisher = Publisher::new(worker, false, 1000, 1000);
         let mut releases = Vec::new();
-        request(
-            &mut room,
-            &mut publisher,
-            ALICE,
-            join("alice"),
-            &mut releases,
-        );
-        releases.clear();
 
         // Alone in flight, a commit's group goes out as soon as it is
         // stored.
@@ -874,9 +828,9 @@ mod tests {
         say_and_pump(&mut publisher, &mut room, "two", "c2");
         permit.send(()).unwrap();
         woken();
+        // This pump takes in that "two" is stored, while the store is at
+        // work on "three": nothing goes out.
         say_and_pump(&mut publisher, &mut room, "three", "c3");
-        // "two" is stored (the store is at work on "three"), and waits.
-        assert_eq!(releases, []);
         permit.send(()).unwrap();
         woken();
         publisher.pump(&mut room, &mut releases);
