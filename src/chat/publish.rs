@@ -36,9 +36,10 @@
 //! **Two groups per round.** What a finished commit lets out does not go
 //! out while a later job (under load, the next commit) is in flight: it
 //! waits for that one job (once; not for any submitted after it), and
-//! both groups go out in one round of writes. Without the wait, each round carries one group, and a
-//! message read during a round is written only after the *next* round:
-//! its commit runs during that round, which carries the group before it.
+//! both groups go out in one round of writes. Without the wait, each
+//! round carries one group, and a message read during a round is written
+//! only after the *next* round: its commit runs during that round, which
+//! carries the group before it.
 //! With the wait, it is written after its commit, in the round that
 //! carries the group before it too: under a steady load its wait is one
 //! `fsync` instead of one round of writes to everyone, and the rounds
@@ -303,7 +304,8 @@ impl Publisher {
             .is_some_and(|front| front.needs <= self.done_through);
         let submitted = self.next_ticket - 1;
         if ready && submitted > self.done_through {
-            // A commit is in flight: what is ready waits for it, once.
+            // A later job is in flight (under load, the next commit):
+            // what is ready waits for it, once.
             let with = *self.release_with.get_or_insert(submitted);
             if self.done_through < with {
                 return;
