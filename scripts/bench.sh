@@ -217,6 +217,11 @@ load=(--duration "$duration" --warmup "$warmup")
 fanout=("${load[@]}" --clients "$fanout_clients" --senders "$senders" --rate "$rate")
 flood=("${load[@]}" --clients "$clients" --senders "$senders" --window 16)
 echo "load before the runs: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+# CPU time the hypervisor gave to others while this machine wanted it (the
+# "steal" column of /proc/stat, in clock ticks): on a shared host it can
+# take whole milliseconds from a run and shows up in the p99s first.
+steal() { awk '/^cpu / { print $9 }' /proc/stat; }
+steal_before=$(steal)
 # Each load run lasts its load, start-up and drain; a storm of N joins
 # takes N/500 s when the server announces them (N/1000 s at best).
 echo "running (about $(((runs * (9 + 2 * ${#cluster[@]}) + 3) * (duration + warmup + 4) + 4 * (conns / 500 + 4) + storm / 500 + 4)) s)..." >&2
@@ -238,6 +243,8 @@ done
 # A reconnect storm over TLS: every client makes a full handshake.
 run tls conns 1 --duration 2 --clients "$storm" --connect-rate 1000
 echo "load after the runs: $(cut -d' ' -f1-3 /proc/loadavg); $SECONDS s in all" >&2
+echo "CPU time taken by the host (steal) during the runs: $(awk -v t="$(($(steal) - steal_before))" \
+    -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f s", t / hz }')" >&2
 
 # The median over the runs of SERVER SCENARIO of a jq FILTER on each
 # result (numbers only), rounded to DIGITS decimals; "-" without results.
