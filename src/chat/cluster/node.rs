@@ -454,10 +454,10 @@ impl Node {
                 // Redis is back: the command connection need not wait out
                 // its backoff, or the node would deliver messages while
                 // still refusing requests.
-                self.retry_other(true, now);
+                self.retry_waiting(now);
             }
             Event::Up => {
-                self.retry_other(false, now);
+                self.retry_waiting(now);
                 match self.down_since.take() {
                     Some(since) => log::info!(
                         "redis: connected again after {:.1} s",
@@ -496,18 +496,14 @@ impl Node {
         }
     }
 
-    /// One connection came up: the other one, if it waits to reconnect,
-    /// tries at once.
-    fn retry_other(&mut self, reader_came_up: bool, now: Instant) {
-        let Some(registry) = &self.registry else {
-            return;
-        };
-        let other = if reader_came_up {
-            &mut self.cmd
-        } else {
-            &mut self.reader
-        };
-        other.retry_now(registry, now);
+    /// A connection came up, so Redis is reachable: the other one, if it
+    /// waits to reconnect, tries at once (for the one that is up this
+    /// changes nothing).
+    fn retry_waiting(&mut self, now: Instant) {
+        if let Some(registry) = &self.registry {
+            self.cmd.retry_now(registry, now);
+            self.reader.retry_now(registry, now);
+        }
     }
 
     /// Asks for the cluster's state (and registers the node).

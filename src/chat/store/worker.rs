@@ -41,8 +41,9 @@ pub type Ticket = u64;
 /// people, yet under a flood (tens of thousands of messages a second on
 /// this project's 2-core machine) it lets groups grow from about 55
 /// messages to about 80: a third fewer fsyncs, and a third fewer rounds
-/// of writes to every client, which is where a delivery's CPU goes (the
-/// figures are in `docs/performance.md`).
+/// of writes to every client (the stored groups go out in them, two per
+/// round under load), which is where a delivery's CPU goes (the figures
+/// are in `docs/performance.md`).
 const COMMIT_DELAY: Duration = Duration::from_micros(500);
 
 /// The size of a group commit that means load: at least this many
